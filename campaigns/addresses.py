@@ -1,0 +1,44 @@
+"""Email addresses: normalised for sending, case-folded for every comparison.
+
+Syntax is checked with the WHATWG HTML "valid e-mail address" pattern plus RFC 5321
+length limits. email-validator was measured at ~22 µs a call here, which alone would
+take a million-row import past its time budget; this pattern costs ~1 µs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+
+_VALID = re.compile(
+    r"[a-zA-Z0-9.!#$%&'*+/=?^_`{|}~-]+@"
+    r"[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?"
+    r"(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)+"
+)
+
+
+def normalise(raw: str) -> str:
+    """Trim, and lower-case the domain; the local part is kept as given."""
+    text = raw.strip()
+    local, at, domain = text.rpartition("@")
+    if not at:
+        return text
+    return f"{local}@{domain.lower()}"
+
+
+def key(address: str) -> str:
+    """The comparison key: the normalised address, case-folded whole."""
+    return normalise(address).lower()
+
+
+def is_valid(address: str) -> bool:
+    if len(address) > 254 or _VALID.fullmatch(address) is None:
+        return False
+    local = address.rpartition("@")[0]
+    return len(local) <= 64 and not local.startswith(".") and ".." not in local
+
+
+def suppression_hash(address: str, secret: str) -> str:
+    """Keyed hash of an address: all that is kept of an erased or suppressed person."""
+    return hmac.new(secret.encode(), key(address).encode(), hashlib.sha256).hexdigest()

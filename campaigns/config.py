@@ -1,0 +1,118 @@
+"""Configuration: a TOML file, each key overridable from the environment (DESIGN.md §3).
+
+The file is `--config`, else `CAMPAIGNS_CONFIG`, else `campaigns.toml` in the working
+directory, else none. A key `smtp_url` in the file is `CAMPAIGNS_SMTP_URL` in the
+environment, and the environment wins.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+ENV_PREFIX = "CAMPAIGNS_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message is one line for the user."""
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "campaigns"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = field(default_factory=_default_data_dir)
+    database_url: str = ""
+    smtp_url: str = ""
+    public_url: str = "http://127.0.0.1:8080"
+    # Comma-separated: the first signs, all verify (so keys can be rotated).
+    secret_key: str = ""
+    inbox_url: str = ""
+    return_domain: str = ""
+    sender: str = "Campaigns <marketing@example.com>"
+    reply_to: str = ""
+    postal_address: str = "Example Ltd, 1 Example Street, Example Town"
+    policy_version: str = "1"
+    policy_url: str = ""
+    send_rate: float = 0.0
+    smtp_connections: int = 4
+    # Who records operator consent changes when --operator is not given.
+    operator: str = ""
+    # Soft bounces that suppress an address within the window (issue 6).
+    soft_bounce_limit: int = 3
+    soft_bounce_days: int = 14
+    brand_name: str = "Campaigns"
+    config_file: Path | None = None
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'campaigns.db'}"
+
+    @property
+    def effective_smtp_url(self) -> str:
+        return self.smtp_url or f"maildir://{self.data_dir / 'outbox'}"
+
+    @property
+    def effective_operator(self) -> str:
+        return self.operator or os.environ.get("USER") or "operator"
+
+
+_CONVERTERS = {
+    "data_dir": Path,
+    "send_rate": float,
+    "smtp_connections": int,
+    "soft_bounce_limit": int,
+    "soft_bounce_days": int,
+}
+
+
+def _convert(name: str, value: object) -> object:
+    conv = _CONVERTERS.get(name, str)
+    try:
+        result = conv(value)  # type: ignore[operator]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"configuration key {name!r} has a bad value: {value!r}") from exc
+    if name in {"send_rate", "smtp_connections"} and result < 0:  # type: ignore[operator]
+        raise ConfigError(f"configuration key {name!r} must not be negative")
+    return result
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    """Read the TOML file (if any) and apply environment overrides."""
+    env = dict(os.environ) if env is None else env
+    path: Path | None = None
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            raise ConfigError(f"configuration file not found: {path}")
+    elif env.get("CAMPAIGNS_CONFIG"):
+        path = Path(env["CAMPAIGNS_CONFIG"])
+        if not path.is_file():
+            raise ConfigError(f"CAMPAIGNS_CONFIG names a missing file: {path}")
+    elif Path("campaigns.toml").is_file():
+        path = Path("campaigns.toml")
+
+    known = {f.name for f in fields(Settings)} - {"config_file"}
+    values: dict[str, object] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read configuration {path}: {exc}") from exc
+        for key, value in data.items():
+            if key not in known:
+                raise ConfigError(f"unknown configuration key {key!r} in {path}")
+            values[key] = _convert(key, value)
+    for key in known:
+        env_value = env.get(ENV_PREFIX + key.upper())
+        if env_value is not None and env_value != "":
+            values[key] = _convert(key, env_value)
+    return Settings(**values, config_file=path)  # type: ignore[arg-type]

@@ -1,0 +1,91 @@
+"""Shared fixtures: real databases (SQLite files, and PostgreSQL when configured).
+
+Set CAMPAIGNS_TEST_POSTGRES_URL (e.g. postgresql+psycopg://root@127.0.0.1:5432/test) to
+run every database test against PostgreSQL too; each test gets a schema of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+from sqlmodel import Session
+
+from campaigns.config import Settings
+from campaigns.db import make_engine, upgrade
+
+PG_URL = os.environ.get("CAMPAIGNS_TEST_POSTGRES_URL", "")
+# Tables emptied between hypothesis examples, children first.
+TABLES = ("deliveries", "consent_events", "contact_tags", "suppressions", "contacts", "campaigns")
+
+
+@dataclass
+class Db:
+    """A real, migrated database for one test."""
+
+    engine: Engine
+    url: str
+    settings: Settings
+
+    def session(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def clean(self) -> None:
+        """Empty every table but the metadata (for hypothesis examples)."""
+        with self.engine.begin() as conn:
+            for table in TABLES:
+                conn.execute(text(f"DELETE FROM {table}"))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+
+def _pg_schema_url(schema: str) -> str:
+    sep = "&" if "?" in PG_URL else "?"
+    return f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL: a fresh SQLite file, or a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'campaigns.db'}"
+        return
+    if not PG_URL:
+        pytest.skip("PostgreSQL tests need CAMPAIGNS_TEST_POSTGRES_URL (set by .ci/run)")
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield _pg_schema_url(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        database_url=db_url,
+        secret_key="test-key-1",
+        policy_version="2026-01",
+        postal_address="Test Shop, 1 Test Street, Testville",
+        operator="tester",
+    )
+
+
+@pytest.fixture
+def db(settings: Settings) -> Iterator[Db]:
+    engine = make_engine(settings.effective_database_url)
+    upgrade(engine)
+    yield Db(engine=engine, url=settings.effective_database_url, settings=settings)
+    engine.dispose()
