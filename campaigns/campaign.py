@@ -1,0 +1,213 @@
+"""Campaign drafts: creation with each kind's own rules, listing, status and cancelling."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from campaigns.models import Campaign, ConsentEvent, Delivery, Suppression, utcnow
+from campaigns.purposes import Kind
+
+# Statuses a campaign moves through; "sent" only once no delivery is pending.
+DRAFT, SCHEDULED, SENDING, PAUSED, SENT, CANCELLED = (
+    "draft",
+    "scheduled",
+    "sending",
+    "paused",
+    "sent",
+    "cancelled",
+)
+CANCELLABLE = frozenset({DRAFT, SCHEDULED, SENDING, PAUSED})
+
+
+class CampaignError(ValueError):
+    """A campaign cannot be created or changed as asked; one line for the user."""
+
+
+class CampaignNotFound(LookupError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no campaign named {name!r}")
+
+
+def _one_line(label: str, value: str, *, required: bool = True, limit: int = 500) -> str:
+    value = value.strip()
+    if required and not value:
+        raise CampaignError(f"{label} must not be empty")
+    if "\r" in value or "\n" in value:
+        raise CampaignError(f"{label} must be a single line")
+    if len(value) > limit:
+        raise CampaignError(f"{label} is longer than {limit} characters")
+    return value
+
+
+def validate_survey_url(url: str) -> str:
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.netloc or any(c.isspace() for c in url):
+        raise CampaignError(f"survey URL must be an http(s) address, got {url!r}")
+    return url
+
+
+def create(
+    session: Session,
+    *,
+    kind: Kind,
+    name: str,
+    subject: str,
+    body: str,
+    template: str = "",
+    sponsor: str = "",
+    survey_url: str = "",
+    preheader: str = "",
+    sender: str = "",
+    segment: dict[str, Any] | None = None,
+) -> Campaign:
+    """Create a draft, checking what its kind needs."""
+    kind = Kind(kind)
+    name = _one_line("name", name, limit=200)
+    subject = _one_line("subject", subject)
+    preheader = _one_line("preheader", preheader, required=False)
+    sender = _one_line("sender", sender, required=False)
+    if not body.strip():
+        raise CampaignError("the body must not be empty")
+    if kind is Kind.THIRD_PARTY_OFFER:
+        sponsor = _one_line("a third-party offer's sponsor (--sponsor)", sponsor, limit=300)
+    elif sponsor.strip():
+        raise CampaignError("only third-party offers name a sponsor")
+    if kind is Kind.SURVEY:
+        if not survey_url.strip():
+            raise CampaignError("a survey needs its survey URL (--survey-url)")
+        survey_url = validate_survey_url(survey_url)
+    elif survey_url.strip():
+        raise CampaignError("only surveys carry a survey URL")
+    if find(session, name) is not None:
+        raise CampaignError(f"a campaign named {name!r} exists already")
+    campaign = Campaign(
+        name=name,
+        kind=kind.value,
+        subject=subject,
+        preheader=preheader,
+        body=body,
+        template=template.strip(),
+        sponsor=sponsor,
+        survey_url=survey_url,
+        sender=sender,
+        segment=segment or {},
+    )
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def find(session: Session, name: str) -> Campaign | None:
+    return session.exec(select(Campaign).where(Campaign.name == name.strip())).first()
+
+
+def get(session: Session, name: str) -> Campaign:
+    campaign = find(session, name)
+    if campaign is None:
+        raise CampaignNotFound(name)
+    return campaign
+
+
+def all_campaigns(session: Session) -> list[Campaign]:
+    return list(session.exec(select(Campaign).order_by(col(Campaign.id))))
+
+
+def cancel(session: Session, name: str) -> Campaign:
+    """Cancel a draft, scheduled, paused or running campaign; what was sent stays sent."""
+    campaign = get(session, name)
+    if campaign.status not in CANCELLABLE:
+        raise CampaignError(
+            f"campaign {campaign.name!r} is {campaign.status}; it cannot be cancelled"
+        )
+    campaign.status = CANCELLED
+    campaign.scheduled_at = None
+    campaign.updated_at = utcnow()
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def schedule(session: Session, name: str, when: datetime) -> Campaign:
+    if when.tzinfo is None:
+        raise ValueError("schedule time must be timezone-aware")
+    campaign = get(session, name)
+    if campaign.status not in {DRAFT, SCHEDULED}:
+        raise CampaignError(
+            f"campaign {campaign.name!r} is {campaign.status}; it cannot be scheduled"
+        )
+    campaign.status = SCHEDULED
+    campaign.scheduled_at = when
+    campaign.updated_at = utcnow()
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+@dataclass(frozen=True)
+class Counts:
+    """Delivery counts of one campaign; aggregate only, never per person."""
+
+    total: int = 0
+    pending: int = 0
+    claimed: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    in_doubt: int = 0
+    unsubscribes: int = 0
+    suppressions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+def counts(session: Session, campaign_id: int) -> Counts:
+    rows = session.exec(
+        select(Delivery.status, func.count())
+        .where(Delivery.campaign_id == campaign_id)
+        .group_by(Delivery.status)
+    ).all()
+    by_status = {status: n for status, n in rows}
+    unsubscribes = session.exec(
+        select(func.count())
+        .select_from(ConsentEvent)
+        .where(ConsentEvent.campaign_id == campaign_id, col(ConsentEvent.granted).is_(False))
+    ).one()
+    suppressions = session.exec(
+        select(func.count()).select_from(Suppression).where(Suppression.campaign_id == campaign_id)
+    ).one()
+    known = {"pending", "claimed", "sent", "failed", "skipped", "in_doubt"}
+    return Counts(
+        total=sum(by_status.values()),
+        unsubscribes=unsubscribes,
+        suppressions=suppressions,
+        **{k: v for k, v in by_status.items() if k in known},
+    )
+
+
+def summary(session: Session, campaign: Campaign) -> dict[str, Any]:
+    """What `campaign show` and `campaign list --json` print."""
+    assert campaign.id is not None
+    return {
+        "name": campaign.name,
+        "kind": campaign.kind,
+        "purpose": Kind(campaign.kind).purpose.value,
+        "status": campaign.status,
+        "subject": campaign.subject,
+        "sponsor": campaign.sponsor or None,
+        "survey_url": campaign.survey_url or None,
+        "template": campaign.template or None,
+        "segment": campaign.segment,
+        "scheduled_at": campaign.scheduled_at.isoformat() if campaign.scheduled_at else None,
+        "created_at": campaign.created_at.isoformat(),
+        "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
+        "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
+        "counts": counts(session, campaign.id).as_dict(),
+    }

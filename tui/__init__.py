@@ -1,0 +1,1 @@
+"""The terminal interfaces: the `campaigns` command (cli.py) and the Textual app."""

@@ -1,0 +1,503 @@
+"""The `campaigns` command: the composition root (DESIGN.md §3 "Command line").
+
+Textual is imported only when the full-screen app opens, so cron's commands start fast.
+Exit status: 0 success, 1 failure, 2 bad usage or unusable input. Errors a user can
+cause are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+from campaigns.config import ConfigError, Settings, load_settings
+from campaigns.db import DatabaseError
+
+PROG = "campaigns"
+
+
+class UsageError(Exception):
+    """Bad usage or unusable input: exit status 2."""
+
+
+class Failure(Exception):
+    """The command could not do its job: exit status 1."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class App:
+    """What every command needs: settings and, on first use, the database."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._engine: Any = None
+
+    @property
+    def engine(self) -> Any:
+        if self._engine is None:
+            from campaigns.db import ensure_schema, make_engine
+
+            self._engine = make_engine(self.settings.effective_database_url)
+            ensure_schema(self._engine)
+        return self._engine
+
+    def session(self) -> Any:
+        from campaigns.db import session_scope
+
+        return session_scope(self.engine)
+
+
+def out(data: Any, as_json: bool, text: Callable[[], str]) -> None:
+    if as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    else:
+        print(text())
+
+
+def parse_time(text: str) -> datetime:
+    """ISO 8601; a time without an offset is local time."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"not an ISO 8601 time: {text!r}") from None
+    return when.astimezone() if when.tzinfo is None else when
+
+
+def read_text_file(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+# ---------------------------------------------------------------- contacts
+
+
+def cmd_contacts_import(app: App, args: argparse.Namespace) -> int:
+    from campaigns.csv_import import ImportRefused, import_contacts
+
+    path = Path(args.file)
+    if not path.is_file():
+        raise UsageError(f"file not found: {path}")
+    try:
+        report = import_contacts(
+            app.engine, path, policy_version=app.settings.policy_version, dry_run=args.dry_run
+        )
+    except ImportRefused as exc:
+        raise UsageError(f"{path}: {exc}") from None
+    data = {
+        "dry_run": report.dry_run,
+        "imported": report.imported,
+        "updated": report.updated,
+        "unchanged": report.unchanged,
+        "rejected": len(report.rejected),
+        "rejected_rows": [{"line": r.line, "reason": r.reason} for r in report.rejected],
+        "conflicts": [
+            {"line": c.line, "purpose": c.purpose, "reason": c.reason} for c in report.conflicts
+        ],
+    }
+
+    def text() -> str:
+        head = "dry run, nothing written: " if report.dry_run else ""
+        lines = [
+            f"{head}imported {report.imported}, updated {report.updated}, "
+            f"unchanged {report.unchanged}, rejected {len(report.rejected)}"
+        ]
+        lines += [f"line {r.line}: rejected: {r.reason}" for r in report.rejected]
+        lines += [
+            f"line {c.line}: conflict: {c.purpose} left withdrawn: {c.reason}"
+            for c in report.conflicts
+        ]
+        return "\n".join(lines)
+
+    out(data, args.json, text)
+    return 1 if report.rejected else 0
+
+
+def cmd_contacts_export(app: App, args: argparse.Namespace) -> int:
+    from campaigns.csv_export import export_contacts
+
+    try:
+        n = export_contacts(app.engine, Path(args.file))
+    except OSError as exc:
+        raise UsageError(f"cannot write {args.file}: {exc.strerror or exc}") from None
+    out({"exported": n, "file": args.file}, args.json, lambda: f"exported {n} contacts")
+    return 0
+
+
+def _segment_from_args(args: argparse.Namespace) -> Any:
+    from campaigns.purposes import parse_purpose
+    from campaigns.segments import SegmentError, parse_filters
+
+    filters = list(getattr(args, "segment", None) or [])
+    filters += [f"country={c}" for c in args.country or []]
+    filters += [f"city={c}" for c in getattr(args, "city", None) or []]
+    filters += [f"tag={t}" for t in args.tag or []]
+    filters += [f"attr.{a}" for a in getattr(args, "attr", None) or []]
+    try:
+        purpose = parse_purpose(args.purpose) if getattr(args, "purpose", None) else None
+        return parse_filters(filters, purpose=purpose)
+    except (SegmentError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_contacts_count(app: App, args: argparse.Namespace) -> int:
+    from campaigns import segments
+
+    segment = _segment_from_args(args)
+    with app.session() as s:
+        n = segments.count(s, segment)
+    out({"count": n}, args.json, lambda: str(n))
+    return 0
+
+
+def cmd_contacts_show(app: App, args: argparse.Namespace) -> int:
+    from campaigns import contacts
+
+    with app.session() as s:
+        data = contacts.profile(s, args.email)
+
+    def text() -> str:
+        lines = [f"{k}: {data[k]}" for k in ("email", "name", "address", "postcode", "town")]
+        lines += [f"{k}: {data[k]}" for k in ("city", "country", "signed_up", "updated")]
+        lines.append(f"tags: {', '.join(data['tags'])}")
+        lines += [f"attribute {k}: {v}" for k, v in sorted(data["attributes"].items())]
+        for purpose, c in data["consent"].items():
+            lines.append(f"consent {purpose}: {c['state']}")
+        lines.append(f"suppressed: {data['suppressed'] or 'no'}")
+        lines.append("consent history:")
+        for e in data["consent_history"]:
+            verb = "granted" if e["granted"] else "withdrawn"
+            note = f" ({e['note']})" if e["note"] else ""
+            lines.append(
+                f"  {e['when']}  {e['purpose']} {verb}  via {e['source']}  "
+                f"policy {e['policy_version']}{note}"
+            )
+        lines.append("messages:")
+        lines += [f"  {m['campaign']} ({m['kind']}): {m['status']}" for m in data["messages"]]
+        return "\n".join(lines)
+
+    out(data, args.json, text)
+    return 0
+
+
+def cmd_contacts_consent(app: App, args: argparse.Namespace) -> int:
+    from campaigns import contacts
+    from campaigns.purposes import parse_purpose
+
+    try:
+        purpose = parse_purpose(args.purpose)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.note.strip():
+        raise UsageError("--note must say how the request came (e.g. 'letter of 3 May')")
+    with app.session() as s:
+        event = contacts.record_operator_change(
+            s,
+            args.email,
+            purpose,
+            granted=args.grant,
+            operator=args.operator or app.settings.effective_operator,
+            note=args.note,
+            policy_version=app.settings.policy_version,
+        )
+    verb = "granted" if args.grant else "withdrawn"
+    data = {"changed": event is not None, "purpose": purpose.value, "granted": args.grant}
+    out(
+        data,
+        args.json,
+        lambda: f"{purpose.value} consent {verb}" if event else f"no change: already {verb}",
+    )
+    return 0
+
+
+def cmd_contacts_forget(app: App, args: argparse.Namespace) -> int:
+    from campaigns import suppression
+
+    with app.session() as s:
+        existed = suppression.forget(s, args.email)
+    msg = (
+        "erased; only a keyed hash stays on the suppression list"
+        if existed
+        else "no such contact; the address is now on the suppression list as a keyed hash"
+    )
+    out({"erased": existed}, args.json, lambda: msg)
+    return 0
+
+
+# ---------------------------------------------------------------- campaigns
+
+
+def cmd_campaign_create(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+    from campaigns.purposes import parse_kind
+
+    try:
+        kind = parse_kind(args.kind)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    body = read_text_file(args.body_file)
+    segment = _segment_from_args(args)
+    if segment.purpose is not None:
+        raise UsageError("a campaign's purpose comes from its kind; do not give one in --segment")
+    try:
+        with app.session() as s:
+            c = campaign.create(
+                s,
+                kind=kind,
+                name=args.name,
+                subject=args.subject,
+                body=body,
+                template=args.template or "",
+                sponsor=args.sponsor or "",
+                survey_url=args.survey_url or "",
+                preheader=args.preheader or "",
+                segment=segment.to_json(),
+            )
+            data = campaign.summary(s, c)
+    except campaign.CampaignError as exc:
+        raise UsageError(str(exc)) from None
+    out(data, args.json, lambda: f"created draft {data['name']!r} ({data['kind']})")
+    return 0
+
+
+def _campaign_line(d: dict[str, Any]) -> str:
+    counts = d["counts"]
+    when = f" at {d['scheduled_at']}" if d["scheduled_at"] else ""
+    return (
+        f"{d['name']}  {d['kind']}  {d['status']}{when}  "
+        f"sent {counts['sent']}/{counts['total']}, failed {counts['failed']}"
+    )
+
+
+def cmd_campaign_list(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+
+    with app.session() as s:
+        data = [campaign.summary(s, c) for c in campaign.all_campaigns(s)]
+    out(data, args.json, lambda: "\n".join(map(_campaign_line, data)) or "no campaigns")
+    return 0
+
+
+def cmd_campaign_show(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+
+    with app.session() as s:
+        data = campaign.summary(s, campaign.get(s, args.name))
+
+    def text() -> str:
+        lines = [f"{k}: {v}" for k, v in data.items() if k != "counts" and v not in (None, {})]
+        lines += [f"{k}: {v}" for k, v in data["counts"].items()]
+        return "\n".join(lines)
+
+    out(data, args.json, text)
+    return 0
+
+
+def cmd_campaign_cancel(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+
+    with app.session() as s:
+        c = campaign.cancel(s, args.name)
+        data = campaign.summary(s, c)
+    out(data, args.json, lambda: f"cancelled {data['name']!r}")
+    return 0
+
+
+def cmd_campaign_schedule(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+
+    when = parse_time(args.at)
+    with app.session() as s:
+        c = campaign.schedule(s, args.name, when)
+        data = campaign.summary(s, c)
+    local = when.astimezone().isoformat(timespec="minutes")
+    out(data, args.json, lambda: f"scheduled {data['name']!r} for {local}")
+    return 0
+
+
+# ---------------------------------------------------------------- db, ui
+
+
+def cmd_db_upgrade(app: App, args: argparse.Namespace) -> int:
+    from campaigns.db import make_engine, upgrade
+
+    engine = make_engine(app.settings.effective_database_url)
+    before, after = upgrade(engine)
+    msg = (
+        f"created a new database at schema {after}"
+        if before is None
+        else f"already at schema {after}"
+        if before == after
+        else f"upgraded schema {before} → {after}"
+    )
+    out({"before": before, "after": after}, args.json, lambda: msg)
+    return 0
+
+
+def cmd_tui(app: App, args: argparse.Namespace) -> int:
+    from tui.app import run_app
+
+    return run_app(app.settings, engine=app.engine)
+
+
+def cmd_demo(app: App, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from campaigns.db import ensure_schema, make_engine
+    from campaigns.demo import seed
+
+    data_dir = Path(args.dir or "demo-data").resolve()
+    settings = replace(
+        app.settings,
+        data_dir=data_dir,
+        database_url=f"sqlite:///{data_dir / 'demo.db'}",
+        # The capture transport: nothing leaves the machine in the demo.
+        smtp_url=f"maildir://{data_dir / 'outbox'}",
+    )
+    engine = make_engine(settings.effective_database_url)
+    ensure_schema(engine)
+    seeded = seed(engine, policy_version=settings.policy_version)
+    if seeded:
+        print(f"seeded a demo database at {data_dir / 'demo.db'}", file=sys.stderr)
+    if args.no_ui:
+        return 0
+    from tui.app import run_app
+
+    return run_app(settings, engine=engine)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> Parser:
+    p = Parser(prog=PROG, description="A marketing email campaign manager that respects consent.")
+    p.add_argument("--config", help="TOML configuration file (default: ./campaigns.toml)")
+    sub = p.add_subparsers(dest="command", parser_class=Parser)
+
+    def cmd(parent: Any, name: str, func: Callable[..., int], help: str) -> Parser:
+        sp = parent.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        sp.add_argument("--json", action="store_true", help="print JSON")
+        return sp
+
+    cmd(sub, "tui", cmd_tui, "open the terminal UI")
+    d = cmd(sub, "demo", cmd_demo, "seed a demo database and open the UI (nothing is sent out)")
+    d.add_argument("--dir", help="where the demo database lives (default: ./demo-data)")
+    d.add_argument("--no-ui", action="store_true", help="only seed the database")
+
+    contacts = sub.add_parser("contacts", help="import, export, count and look after contacts")
+    csub = contacts.add_subparsers(dest="subcommand", required=True, parser_class=Parser)
+    c = cmd(csub, "import", cmd_contacts_import, "import contacts from a CSV file")
+    c.add_argument("file")
+    c.add_argument("--dry-run", action="store_true", help="check and count, write nothing")
+    c = cmd(csub, "export", cmd_contacts_export, "export contacts with their current consent")
+    c.add_argument("file")
+    c = cmd(csub, "count", cmd_contacts_count, "count eligible contacts")
+    c.add_argument("--purpose", help="promotional, research or third_party")
+    c.add_argument("--country", action="append", help="country code (repeat for any of)")
+    c.add_argument("--city", action="append", help="city (repeat for any of)")
+    c.add_argument("--tag", action="append", help="tag (repeat for all of)")
+    c.add_argument("--attr", action="append", metavar="KEY=VALUE", help="custom attribute")
+    c.add_argument("--segment", action="append", metavar="FILTER", help="e.g. signed_up_after=…")
+    c = cmd(csub, "show", cmd_contacts_show, "everything held about one person")
+    c.add_argument("email")
+    c = cmd(csub, "consent", cmd_contacts_consent, "record a consent change from a letter/call")
+    c.add_argument("email")
+    c.add_argument("--purpose", required=True)
+    g = c.add_mutually_exclusive_group(required=True)
+    g.add_argument("--grant", action="store_true")
+    g.add_argument("--withdraw", action="store_true")
+    c.add_argument("--note", required=True, help="how the request came, e.g. 'letter of 3 May'")
+    c.add_argument("--operator", help="who records it (default: $USER)")
+    c = cmd(csub, "forget", cmd_contacts_forget, "erase a contact, keeping only a suppression hash")
+    c.add_argument("email")
+
+    camp = sub.add_parser("campaign", help="create, list, show, schedule and cancel campaigns")
+    ksub = camp.add_subparsers(dest="subcommand", required=True, parser_class=Parser)
+    c = cmd(ksub, "create", cmd_campaign_create, "create a draft campaign")
+    c.add_argument("--kind", required=True, help="promotional, survey or third_party_offer")
+    c.add_argument("--name", required=True)
+    c.add_argument("--subject", required=True)
+    c.add_argument("--body-file", required=True, help="the body, in Markdown")
+    c.add_argument("--template")
+    c.add_argument("--sponsor", help="on whose behalf a third-party offer is sent")
+    c.add_argument("--survey-url", help="the survey a survey campaign links to")
+    c.add_argument("--preheader")
+    c.add_argument(
+        "--segment",
+        action="append",
+        metavar="FILTER",
+        help="country=DE,FR  city=Berlin  tag=vip  attr.plan=gold  signed_up_after=2024-01-01",
+    )
+    c.set_defaults(country=None, tag=None)
+    cmd(ksub, "list", cmd_campaign_list, "list campaigns with status and counts")
+    c = cmd(ksub, "show", cmd_campaign_show, "show a campaign's status and counts")
+    c.add_argument("name")
+    c = cmd(ksub, "schedule", cmd_campaign_schedule, "schedule a campaign for send-due")
+    c.add_argument("name")
+    c.add_argument("--at", required=True, help="ISO 8601; without an offset it is local time")
+    c = cmd(ksub, "cancel", cmd_campaign_cancel, "cancel a campaign")
+    c.add_argument("name")
+
+    dbp = sub.add_parser("db", help="database maintenance")
+    dsub = dbp.add_subparsers(dest="subcommand", required=True, parser_class=Parser)
+    cmd(dsub, "upgrade", cmd_db_upgrade, "create or upgrade the database schema")
+    return p
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from campaigns.campaign import CampaignError, CampaignNotFound
+    from campaigns.contacts import ContactNotFound
+
+    return (CampaignError, CampaignNotFound, ContactNotFound, Failure, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args.func, args.json = cmd_tui, False
+    try:
+        settings = load_settings(args.config)
+        return args.func(App(settings), args)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except (ConfigError, DatabaseError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _known_errors()):
+            msg = exc.args[0] if exc.args else str(exc)
+            print(f"{PROG}: error: {msg}", file=sys.stderr)
+            return 1
+        if os.environ.get("CAMPAIGNS_DEBUG"):
+            raise
+        from sqlalchemy.exc import OperationalError
+
+        if isinstance(exc, OperationalError):
+            print(f"{PROG}: error: database: {str(exc.orig).splitlines()[0]}", file=sys.stderr)
+            return 1
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"{PROG}: internal error: {type(exc).__name__}: {first} "
+            "(set CAMPAIGNS_DEBUG=1 for details)",
+            file=sys.stderr,
+        )
+        return 1
