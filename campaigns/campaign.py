@@ -157,6 +157,7 @@ class Counts:
     total: int = 0
     pending: int = 0
     claimed: int = 0
+    sending: int = 0
     sent: int = 0
     failed: int = 0
     skipped: int = 0
@@ -183,7 +184,7 @@ def counts(session: Session, campaign_id: int) -> Counts:
     suppressions = session.exec(
         select(func.count()).select_from(Suppression).where(Suppression.campaign_id == campaign_id)
     ).one()
-    known = {"pending", "claimed", "sent", "failed", "skipped", "in_doubt"}
+    known = {"pending", "claimed", "sending", "sent", "failed", "skipped", "in_doubt"}
     return Counts(
         total=sum(by_status.values()),
         unsubscribes=unsubscribes,

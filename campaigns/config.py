@@ -47,6 +47,11 @@ class Settings:
     soft_bounce_limit: int = 3
     soft_bounce_days: int = 14
     brand_name: str = "Campaigns"
+    # Temporary SMTP failures: first retry after this many seconds, doubling each time,
+    # until max_attempts; a send waits in-process for retries due within retry_wait.
+    retry_delay: float = 30.0
+    max_attempts: int = 5
+    retry_wait: float = 120.0
     config_file: Path | None = None
 
     @property
@@ -68,6 +73,9 @@ _CONVERTERS = {
     "smtp_connections": int,
     "soft_bounce_limit": int,
     "soft_bounce_days": int,
+    "retry_delay": float,
+    "max_attempts": int,
+    "retry_wait": float,
 }
 
 
@@ -77,7 +85,7 @@ def _convert(name: str, value: object) -> object:
         result = conv(value)  # type: ignore[operator]
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"configuration key {name!r} has a bad value: {value!r}") from exc
-    if name in {"send_rate", "smtp_connections"} and result < 0:  # type: ignore[operator]
+    if name in {"send_rate", "smtp_connections", "retry_delay", "retry_wait"} and result < 0:  # type: ignore[operator]
         raise ConfigError(f"configuration key {name!r} must not be negative")
     return result
 

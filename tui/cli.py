@@ -328,6 +328,178 @@ def cmd_campaign_schedule(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def _preview_recipient(s: Any, campaign: Any, to: str | None) -> Any:
+    """The contact to render for: --to, else the first of the audience, else a sample."""
+    from sqlalchemy import select as sa_select
+
+    from campaigns import contacts
+    from campaigns.deliveries import audience_segment
+    from campaigns.models import Contact
+    from campaigns.segments import where_clause
+    from mailer.message import Recipient
+
+    if to:
+        found = contacts.find(s, to)
+        if found is None:
+            return Recipient(0, to, "", {})
+        return Recipient.from_contact(found)
+    first = s.exec(
+        sa_select(Contact).where(where_clause(audience_segment(campaign))).order_by(Contact.id)
+    ).first()
+    if first is not None:
+        return Recipient.from_contact(first[0])
+    return Recipient(0, "someone@example.com", "Sample Person", {})
+
+
+def cmd_campaign_preview(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+    from mailer.render import TemplateProblem, preview
+    from mailer.tokens import signer_from_settings
+
+    with app.session() as s:
+        c = campaign.get(s, args.name)
+        recipient = _preview_recipient(s, c, args.to)
+    try:
+        raw, msg = preview(c, app.settings, recipient, signer_from_settings(app.settings))
+    except TemplateProblem as exc:
+        raise Failure(f"template problem: {exc}") from None
+    if args.out:
+        try:
+            Path(args.out).write_bytes(raw)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    text_part = msg.get_body(preferencelist=("plain",))
+    headers = {k: str(v) for k, v in msg.items()}
+    data = {
+        "to": recipient.email,
+        "headers": headers,
+        "text": text_part.get_content() if text_part else "",
+        "out": args.out,
+    }
+
+    def text() -> str:
+        lines = [f"{k}: {v}" for k, v in headers.items() if k != "Content-Type"]
+        lines += ["", data["text"]]
+        if args.out:
+            lines.append(f"(written to {args.out})")
+        return "\n".join(lines)
+
+    out(data, args.json, text)
+    return 0
+
+
+def _progress_printer(enabled: bool) -> Any:
+    if not enabled:
+        return None
+
+    def show(r: Any) -> None:
+        print(
+            f"\r{r.name}: sent {r.sent}, failed {r.failed}, skipped {r.skipped}, "
+            f"in doubt {r.in_doubt} of {r.total}",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    return show
+
+
+def _run_dict(r: Any) -> dict[str, Any]:
+    return {
+        "campaign": r.name,
+        "total": r.total,
+        "sent": r.sent,
+        "failed": r.failed,
+        "skipped": r.skipped,
+        "in_doubt": r.in_doubt,
+        "retrying": r.retrying,
+        "finished": r.finished,
+        "stopped": r.stopped or None,
+    }
+
+
+def _run_line(r: dict[str, Any]) -> str:
+    state = "finished" if r["finished"] else f"not finished ({r['stopped'] or 'open deliveries'})"
+    return (
+        f"{r['campaign']}: sent {r['sent']}, failed {r['failed']}, skipped {r['skipped']}, "
+        f"in doubt {r['in_doubt']}, retrying {r['retrying']}; {state}"
+    )
+
+
+def cmd_campaign_send(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+    from mailer.render import TemplateProblem
+    from mailer.schedule import SendBusy, send_now
+
+    try:
+        if args.test_to:
+            from mailer.engine import SendEngine
+
+            bad = [a for a in args.test_to if not _valid_address(a)]
+            if bad:
+                raise UsageError(f"not an email address: {bad[0]!r}")
+            with app.session() as s:
+                c = campaign.get(s, args.name)
+            outcomes = SendEngine(app.settings, app.engine).test_send(c, args.test_to)
+            data = [
+                {"to": a, "accepted": o.accepted, "reply": f"{o.code} {o.text}"}
+                for a, o in zip(args.test_to, outcomes, strict=True)
+            ]
+            out(
+                data,
+                args.json,
+                lambda: "\n".join(
+                    f"test sent to {d['to']}" if d["accepted"] else f"{d['to']}: {d['reply']}"
+                    for d in data
+                ),
+            )
+            return 0 if all(d["accepted"] for d in data) else 1
+        show = _progress_printer(sys.stderr.isatty() and not args.json)
+        report = send_now(app.settings, app.engine, args.name, progress=show)
+        if show:
+            print(file=sys.stderr)
+    except TemplateProblem as exc:
+        raise Failure(f"template problem: {exc}") from None
+    except SendBusy as exc:
+        raise Failure(str(exc)) from None
+    data = _run_dict(report)
+    out(data, args.json, lambda: _run_line(data))
+    return 0 if report.finished else 1
+
+
+def _valid_address(text: str) -> bool:
+    from campaigns import addresses
+
+    return addresses.is_valid(addresses.normalise(text))
+
+
+def cmd_send_due(app: App, args: argparse.Namespace) -> int:
+    from mailer.schedule import send_due
+
+    report = send_due(app.settings, app.engine)
+    data = {
+        "busy": report.busy,
+        "requeued": report.requeued,
+        "in_doubt_recovered": report.in_doubt,
+        "runs": [_run_dict(r) for r in report.runs],
+    }
+
+    def text() -> str:
+        if report.busy:
+            return "another send is running; nothing to do"
+        lines = []
+        if report.in_doubt:
+            lines.append(
+                f"{report.in_doubt} messages were in flight when a worker stopped; "
+                "they are marked in doubt and will not be re-sent"
+            )
+        lines += [_run_line(r) for r in data["runs"]]
+        return "\n".join(lines) or "nothing due"
+
+    out(data, args.json, text)
+    return 0
+
+
 # ---------------------------------------------------------------- db, ui
 
 
@@ -449,8 +621,22 @@ def build_parser() -> Parser:
     c = cmd(ksub, "schedule", cmd_campaign_schedule, "schedule a campaign for send-due")
     c.add_argument("name")
     c.add_argument("--at", required=True, help="ISO 8601; without an offset it is local time")
+    c = cmd(ksub, "preview", cmd_campaign_preview, "render one real message")
+    c.add_argument("name")
+    c.add_argument("--to", metavar="EMAIL", help="render for this contact")
+    c.add_argument("--out", metavar="FILE.eml", help="write the whole message to a file")
+    c = cmd(ksub, "send", cmd_campaign_send, "send now (or test-send with --test-to)")
+    c.add_argument("name")
+    c.add_argument(
+        "--test-to",
+        action="append",
+        metavar="EMAIL",
+        help="send a test copy to this address (repeatable); not counted, nothing recorded",
+    )
     c = cmd(ksub, "cancel", cmd_campaign_cancel, "cancel a campaign")
     c.add_argument("name")
+
+    cmd(sub, "send-due", cmd_send_due, "for cron: send scheduled campaigns that are due, resume")
 
     dbp = sub.add_parser("db", help="database maintenance")
     dsub = dbp.add_subparsers(dest="subcommand", required=True, parser_class=Parser)

@@ -1,0 +1,396 @@
+"""The deliveries table: audience snapshot, claims, progress marks and crash recovery
+(DESIGN.md §4). All the send engine's SQL lives here.
+
+A delivery moves pending → claimed → sending → sent (or failed, skipped, in_doubt).
+`claimed` rows have not been handed to SMTP: after a crash they go back to pending.
+`sending` rows may have been accepted by the server: after a crash they become
+`in_doubt`, are reported, and are never re-sent. The engine keeps at most one
+`sending` row per open connection, so a crash leaves at most that many in doubt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, bindparam, exists, func, insert, literal, or_, select, update
+from sqlalchemy.orm import aliased
+from sqlmodel import Session
+
+from campaigns import addresses, suppression
+from campaigns.campaign import SCHEDULED, SENDING, SENT
+from campaigns.models import Campaign, Contact, Delivery, utcnow
+from campaigns.purposes import ConsentState, Kind, SuppressionReason
+from campaigns.segments import Segment, where_clause
+
+PENDING, CLAIMED, SENDING_ROW, DELIVERED, FAILED, SKIPPED, IN_DOUBT = (
+    "pending",
+    "claimed",
+    "sending",
+    "sent",
+    "failed",
+    "skipped",
+    "in_doubt",
+)
+OPEN_STATES = (PENDING, CLAIMED, SENDING_ROW)
+
+D = Delivery.__table__  # type: ignore[attr-defined]
+C = Contact.__table__  # type: ignore[attr-defined]
+K = Campaign.__table__  # type: ignore[attr-defined]
+
+
+def audience_segment(campaign: Campaign) -> Segment:
+    """The campaign's stored filters with the purpose its kind maps to."""
+    seg = Segment.from_json(campaign.segment or {})
+    return Segment.from_json({**seg.to_json(), "purpose": Kind(campaign.kind).purpose.value})
+
+
+def start(engine: Engine, campaign_id: int, now: datetime | None = None) -> int | None:
+    """Move a due campaign to `sending` and snapshot its audience, in one transaction.
+
+    Returns the number of deliveries created, or None if another worker started it
+    first (or it is no longer scheduled). Safe to race: only one caller wins.
+    """
+    now = now or utcnow()
+    with engine.begin() as conn:
+        won = conn.execute(
+            update(K)
+            .where(K.c.id == campaign_id, K.c.status.in_([SCHEDULED, "draft"]))
+            .values(status=SENDING, started_at=now, updated_at=now)
+        ).rowcount
+        if not won:
+            return None
+        row = conn.execute(select(K.c.kind, K.c.segment).where(K.c.id == campaign_id)).one()
+        campaign = Campaign(id=campaign_id, name="", kind=row.kind, subject="", segment=row.segment)
+        segment = audience_segment(campaign)
+        event_col = C.c[f"{segment.purpose.value}_event_id"]  # type: ignore[union-attr]
+        already = exists().where(D.c.campaign_id == campaign_id, D.c.contact_id == C.c.id)
+        # INSERT … SELECT: the snapshot never passes through Python, so memory stays flat.
+        source = (
+            select(
+                literal(campaign_id),
+                C.c.id,
+                literal(PENDING),
+                event_col,
+                literal(0),
+                literal(""),
+                literal(""),
+                literal(""),
+            )
+            .select_from(C)
+            .where(where_clause(segment), ~already)
+            .order_by(C.c.id)
+        )
+        cols = [
+            "campaign_id",
+            "contact_id",
+            "status",
+            "consent_event_id",
+            "attempts",
+            "claimed_by",
+            "error",
+            "message_id",
+        ]
+        return conn.execute(insert(D).from_select(cols, source)).rowcount
+
+
+def due_campaign_ids(engine: Engine, now: datetime | None = None) -> tuple[list[int], list[int]]:
+    """(scheduled campaigns whose time has come, campaigns already sending)."""
+    now = now or utcnow()
+    with engine.connect() as conn:
+        due = conn.execute(
+            select(K.c.id)
+            .where(K.c.status == SCHEDULED, K.c.scheduled_at <= now)
+            .order_by(K.c.scheduled_at, K.c.id)
+        ).scalars()
+        due_ids = list(due)
+        running = list(conn.execute(select(K.c.id).where(K.c.status == SENDING)).scalars())
+    return due_ids, running
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery handed to one worker, with what building the message needs."""
+
+    delivery_id: int
+    contact_id: int
+    email: str
+    name: str
+    attributes: dict[str, str]
+    consent_event_id: int | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    ready: list[Claimed]
+    # Claimed but no longer eligible: marked skipped, never sent.
+    skipped: int
+    # False once the campaign is paused, cancelled or finished.
+    active: bool
+
+
+def claim(
+    engine: Engine, campaign_id: int, worker: str, limit: int, now: datetime | None = None
+) -> ClaimResult:
+    """Claim up to `limit` due pending deliveries and re-check each one's eligibility.
+
+    Skipped rows (consent withdrawn, suppressed, erased) are marked so. Rows are
+    claimed with FOR UPDATE SKIP LOCKED on PostgreSQL so several workers share a
+    campaign; SQLite serialises writers with BEGIN IMMEDIATE.
+    """
+    now = now or utcnow()
+    with engine.begin() as conn:
+        purpose = conn.execute(
+            select(K.c.kind).where(K.c.id == campaign_id, K.c.status == SENDING)
+        ).scalar()
+        if purpose is None:  # paused, cancelled or finished meanwhile
+            return ClaimResult([], 0, active=False)
+        state_col = C.c[Kind(purpose).purpose.value]
+        event_col = C.c[f"{Kind(purpose).purpose.value}_event_id"]
+        picked = (
+            select(D.c.id)
+            .where(
+                D.c.campaign_id == campaign_id,
+                D.c.status == PENDING,
+                or_(D.c.next_attempt_at.is_(None), D.c.next_attempt_at <= now),
+            )
+            .order_by(D.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        ids = list(conn.execute(picked).scalars())
+        if not ids:
+            return ClaimResult([], 0, active=True)
+        conn.execute(
+            update(D)
+            .where(D.c.id.in_(ids))
+            .values(status=CLAIMED, claimed_by=worker, claimed_at=now)
+        )
+        rows = conn.execute(
+            select(
+                D.c.id,
+                D.c.contact_id,
+                D.c.attempts,
+                C.c.email,
+                C.c.name,
+                C.c.attributes,
+                C.c.suppressed,
+                state_col.label("state"),
+                event_col.label("event_id"),
+            )
+            .select_from(D.outerjoin(C, C.c.id == D.c.contact_id))
+            .where(D.c.id.in_(ids))
+            .order_by(D.c.id)
+        ).all()
+        ready: list[Claimed] = []
+        skipped: list[dict[str, Any]] = []
+        for r in rows:
+            reason = _ineligible(r.email, r.state, r.suppressed)
+            if reason:
+                skipped.append({"b_id": r.id, "b_error": reason})
+                continue
+            ready.append(
+                Claimed(
+                    delivery_id=r.id,
+                    contact_id=r.contact_id,
+                    email=r.email,
+                    name=r.name,
+                    attributes=dict(r.attributes or {}),
+                    consent_event_id=r.event_id,
+                    attempts=r.attempts,
+                )
+            )
+        if skipped:
+            conn.execute(
+                update(D)
+                .where(D.c.id == bindparam("b_id"))
+                .values(status=SKIPPED, error=bindparam("b_error")),
+                skipped,
+            )
+        if ready:
+            # The proof of consent is the event that allowed the message when it went.
+            conn.execute(
+                update(D)
+                .where(D.c.id == bindparam("b_id"))
+                .values(consent_event_id=bindparam("b_event")),
+                [{"b_id": c.delivery_id, "b_event": c.consent_event_id} for c in ready],
+            )
+    return ClaimResult(ready, len(skipped), active=True)
+
+
+def _ineligible(email: str | None, state: str | None, suppressed: str | None) -> str:
+    if email is None:
+        return "contact erased"
+    if suppressed:
+        return f"suppressed ({suppressed})"
+    if state != ConsentState.GRANTED:
+        return "consent withdrawn"
+    if not addresses.is_valid(email):
+        return "invalid address"
+    return ""
+
+
+@dataclass
+class Progress:
+    """One group commit: what the connections did since the last one."""
+
+    sending: list[int] = field(default_factory=list)
+    sent: list[int] = field(default_factory=list)
+    # (delivery id, error, next attempt time or None for a permanent failure)
+    retry: list[tuple[int, str, datetime]] = field(default_factory=list)
+    failed: list[tuple[int, str]] = field(default_factory=list)
+    # Connection dropped after the whole message went out: maybe accepted.
+    in_doubt: list[tuple[int, str]] = field(default_factory=list)
+    # The server refused the recipient for good: failed, and the address suppressed.
+    bounced: list[tuple[int, str, str]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.sending or self.sent or self.retry or self.failed or self.in_doubt or self.bounced
+        )
+
+    def merge(self, other: Progress) -> None:
+        self.sending += other.sending
+        self.sent += other.sent
+        self.retry += other.retry
+        self.failed += other.failed
+        self.in_doubt += other.in_doubt
+        self.bounced += other.bounced
+
+
+def commit_progress(
+    engine: Engine, campaign_id: int, progress: Progress, now: datetime | None = None
+) -> None:
+    """Write one group of marks in a single transaction."""
+    now = now or utcnow()
+    by_id = D.c.id == bindparam("b_id")
+    with engine.begin() as conn:
+        if progress.sent:
+            conn.execute(
+                update(D).where(by_id).values(status=DELIVERED, sent_at=now),
+                [{"b_id": i} for i in progress.sent],
+            )
+        if progress.retry:
+            conn.execute(
+                update(D)
+                .where(by_id)
+                .values(
+                    status=PENDING,
+                    attempts=D.c.attempts + 1,
+                    error=bindparam("b_error"),
+                    next_attempt_at=bindparam("b_next"),
+                    claimed_by="",
+                ),
+                [{"b_id": i, "b_error": e[:1000], "b_next": t} for i, e, t in progress.retry],
+            )
+        if progress.failed:
+            conn.execute(
+                update(D)
+                .where(by_id)
+                .values(status=FAILED, attempts=D.c.attempts + 1, error=bindparam("b_error")),
+                [{"b_id": i, "b_error": e[:1000]} for i, e in progress.failed],
+            )
+        if progress.bounced:
+            conn.execute(
+                update(D)
+                .where(by_id)
+                .values(status=FAILED, attempts=D.c.attempts + 1, error=bindparam("b_error")),
+                [{"b_id": i, "b_error": e[:1000]} for i, _addr, e in progress.bounced],
+            )
+            with Session(bind=conn) as session:
+                for _id, address, _e in progress.bounced:
+                    suppression.suppress(
+                        session,
+                        address,
+                        SuppressionReason.HARD_BOUNCE,
+                        source="bounce",
+                        campaign_id=campaign_id,
+                    )
+                session.flush()
+        if progress.in_doubt:
+            conn.execute(
+                update(D).where(by_id).values(status=IN_DOUBT, error=bindparam("b_error")),
+                [{"b_id": i, "b_error": e[:1000]} for i, e in progress.in_doubt],
+            )
+        if progress.sending:
+            conn.execute(
+                update(D).where(by_id).values(status=SENDING_ROW),
+                [{"b_id": i} for i in progress.sending],
+            )
+
+
+def release(engine: Engine, delivery_ids: Sequence[int]) -> None:
+    """Give back claims that were never handed to SMTP (a clean stop)."""
+    if not delivery_ids:
+        return
+    with engine.begin() as conn:
+        conn.execute(
+            update(D)
+            .where(D.c.id.in_(list(delivery_ids)), D.c.status == CLAIMED)
+            .values(status=PENDING, claimed_by="")
+        )
+
+
+def recover(engine: Engine, dead_workers: Iterable[str] | None = None) -> tuple[int, int]:
+    """After a crash: claims go back to pending, messages in flight become in doubt.
+
+    With `dead_workers` None every claim is recovered (SQLite, where the send lock
+    proves no other worker runs); otherwise only those of the named workers.
+    Returns (requeued, in doubt).
+    """
+    owner = [] if dead_workers is None else [D.c.claimed_by.in_(list(dead_workers))]
+    with engine.begin() as conn:
+        requeued = conn.execute(
+            update(D).where(D.c.status == CLAIMED, *owner).values(status=PENDING, claimed_by="")
+        ).rowcount
+        doubt = conn.execute(
+            update(D)
+            .where(D.c.status == SENDING_ROW, *owner)
+            .values(status=IN_DOUBT, error="worker stopped while the message was in flight")
+        ).rowcount
+    return requeued, doubt
+
+
+def workers_with_claims(engine: Engine) -> list[str]:
+    with engine.connect() as conn:
+        return list(
+            conn.execute(
+                select(D.c.claimed_by).where(D.c.status.in_([CLAIMED, SENDING_ROW])).distinct()
+            ).scalars()
+        )
+
+
+def next_retry_at(engine: Engine, campaign_id: int) -> datetime | None:
+    """When the earliest waiting retry is due, if any pending row waits."""
+    with engine.connect() as conn:
+        return conn.execute(
+            select(func.min(D.c.next_attempt_at)).where(
+                D.c.campaign_id == campaign_id, D.c.status == PENDING
+            )
+        ).scalar()
+
+
+def finish_if_done(engine: Engine, campaign_id: int, now: datetime | None = None) -> bool:
+    """Mark the campaign sent once no delivery is open; True if it is (now) sent."""
+    now = now or utcnow()
+    d2 = aliased(Delivery)
+    open_rows = exists().where(
+        d2.campaign_id == campaign_id,  # type: ignore[arg-type]
+        d2.status.in_(OPEN_STATES),  # type: ignore[attr-defined]
+    )
+    with engine.begin() as conn:
+        conn.execute(
+            update(K)
+            .where(and_(K.c.id == campaign_id, K.c.status == SENDING, ~open_rows))
+            .values(status=SENT, finished_at=now, updated_at=now)
+        )
+        return conn.execute(select(K.c.status).where(K.c.id == campaign_id)).scalar() == SENT
+
+
+def backoff(attempts: int, base_seconds: float, now: datetime | None = None) -> datetime:
+    """Exponential backoff: base, 2×base, 4×base … capped at an hour."""
+    delay = min(base_seconds * (2 ** max(attempts, 0)), 3600.0)
+    return (now or utcnow()) + timedelta(seconds=delay)

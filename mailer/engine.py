@@ -1,0 +1,370 @@
+"""The send engine (DESIGN.md §4): claim → build → send → mark, crash-safe.
+
+One asyncio loop per run. A claimer task claims small batches (eligibility is checked
+again in the claim, just before the message goes), builds each message from the
+campaign compiled once, and queues it. One task per SMTP connection takes messages
+from the queue. Before a message is handed to SMTP its row is marked `sending` in a
+group commit that also records the connection's previous outcome, so each connection
+has at most one message in doubt at any time. Progress is reported through a callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from campaigns import deliveries
+from campaigns.config import Settings
+from campaigns.deliveries import ClaimResult, Progress
+from campaigns.models import Campaign, utcnow
+from mailer.message import CompiledCampaign, Recipient
+from mailer.render import compile_campaign
+from mailer.tokens import signer_from_settings
+from mailer.transport import (
+    ConnectionLost,
+    MaildirTransport,
+    RateLimiter,
+    SendOutcome,
+    SmtpConnection,
+    parse_smtp_url,
+)
+
+
+@dataclass
+class RunReport:
+    """What one run did to one campaign (this worker's share), for the UI and the CLI."""
+
+    campaign_id: int
+    name: str
+    total: int = 0
+    sent: int = 0
+    failed: int = 0
+    skipped: int = 0
+    in_doubt: int = 0
+    retrying: int = 0
+    finished: bool = False
+    stopped: str = ""
+
+
+ProgressCallback = Callable[[RunReport], None]
+
+
+class Connection(Protocol):
+    is_open: bool
+
+    async def connect(self) -> None: ...
+    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome: ...
+    async def close(self) -> None: ...
+
+
+class _MaildirConnection:
+    """The capture transport behind the same face as an SMTP connection."""
+
+    def __init__(self, transport: MaildirTransport) -> None:
+        self.transport = transport
+        self.is_open = True
+
+    async def connect(self) -> None:
+        return None
+
+    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
+        return self.transport.deliver(envelope_from, recipient, data)
+
+    async def close(self) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class _Item:
+    delivery_id: int
+    email: str
+    envelope_from: str
+    data: bytes
+    attempts: int
+
+
+class _GroupCommitter:
+    """Collects marks from all connections and writes them in as few commits as it can."""
+
+    def __init__(self, db: Engine, campaign_id: int) -> None:
+        self.db = db
+        self.campaign_id = campaign_id
+        self._batch = Progress()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    async def submit(self, progress: Progress) -> None:
+        if not progress:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._batch.merge(progress)
+        self._waiters.append(fut)
+        self._wake.set()
+        await fut
+
+    async def run(self, on_commit: Callable[[Progress], None]) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, waiters = self._batch, self._waiters
+            self._batch, self._waiters = Progress(), []
+            if batch:
+                try:
+                    await asyncio.to_thread(
+                        deliveries.commit_progress, self.db, self.campaign_id, batch
+                    )
+                except BaseException as exc:
+                    for w in waiters:
+                        if not w.done():
+                            w.set_exception(exc)
+                    raise
+                on_commit(batch)
+            for w in waiters:
+                if not w.done():
+                    w.set_result(None)
+            if self._closing and not self._batch:
+                return
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+
+class SendEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Engine,
+        *,
+        worker: str | None = None,
+        progress: ProgressCallback | None = None,
+        claim_size: int = 200,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.progress = progress
+        self.claim_size = claim_size
+        self.url = parse_smtp_url(settings.effective_smtp_url)
+        self.signer = signer_from_settings(settings)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _new_connection(self) -> Connection:
+        if self.url.scheme == "maildir":
+            return _MaildirConnection(MaildirTransport(self.url.path))
+        return SmtpConnection(self.url)
+
+    @property
+    def connections(self) -> int:
+        # The capture transport writes files: one writer is plenty.
+        return 1 if self.url.scheme == "maildir" else max(1, self.settings.smtp_connections)
+
+    def compile(self, campaign: Campaign) -> CompiledCampaign:
+        return compile_campaign(campaign, self.settings, signer=self.signer)
+
+    # ------------------------------------------------------------------ one campaign
+
+    def run_campaign(self, campaign_id: int) -> RunReport:
+        return asyncio.run(self._run(campaign_id))
+
+    async def _run(self, campaign_id: int) -> RunReport:
+        with Session(self.db) as s:
+            campaign = s.get(Campaign, campaign_id)
+            if campaign is None:
+                raise LookupError(f"no campaign with id {campaign_id}")
+            counts = deliveries_counts(s, campaign_id)
+        report = RunReport(campaign_id=campaign_id, name=campaign.name, total=counts)
+        compiled = self.compile(campaign)
+        queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=self.claim_size * 2)
+        committer = _GroupCommitter(self.db, campaign_id)
+        rate = RateLimiter(self.settings.send_rate)
+
+        def on_commit(batch: Progress) -> None:
+            report.sent += len(batch.sent)
+            report.failed += len(batch.failed) + len(batch.bounced)
+            report.in_doubt += len(batch.in_doubt)
+            report.retrying += len(batch.retry)
+            self._notify(report)
+
+        commit_task = asyncio.create_task(committer.run(on_commit))
+        senders = [
+            asyncio.create_task(self._sender(queue, committer, rate))
+            for _ in range(self.connections)
+        ]
+        try:
+            await self._claimer(campaign_id, compiled, queue, report)
+        finally:
+            for _ in senders:
+                await queue.put(None)
+            results = await asyncio.gather(*senders, return_exceptions=True)
+            committer.close()
+            await commit_task
+            leftovers = [i.delivery_id for i in _drain(queue)]
+            await asyncio.to_thread(deliveries.release, self.db, leftovers)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        report.finished = await asyncio.to_thread(deliveries.finish_if_done, self.db, campaign_id)
+        self._notify(report)
+        return report
+
+    async def _claimer(
+        self,
+        campaign_id: int,
+        compiled: CompiledCampaign,
+        queue: asyncio.Queue[_Item | None],
+        report: RunReport,
+    ) -> None:
+        while True:
+            got: ClaimResult = await asyncio.to_thread(
+                deliveries.claim, self.db, campaign_id, self.worker, self.claim_size
+            )
+            if got.skipped:
+                report.skipped += got.skipped
+                self._notify(report)
+            if not got.active:
+                report.stopped = "campaign paused or cancelled"
+                return
+            for c in got.ready:
+                r = Recipient(c.contact_id, c.email, c.name, c.attributes)
+                item = _Item(
+                    c.delivery_id, c.email, compiled.envelope_from(r), compiled.build(r), c.attempts
+                )
+                await queue.put(item)
+            if got.ready:
+                continue
+            # Nothing claimable: let the connections finish (and record retries), then
+            # wait for a retry that is due soon, or stop and leave it to the next run.
+            await queue.join()
+            when = await asyncio.to_thread(deliveries.next_retry_at, self.db, campaign_id)
+            if when is None:
+                return
+            wait = (when - utcnow()).total_seconds()
+            if wait > self.settings.retry_wait:
+                report.stopped = f"retries wait until {when.isoformat()}"
+                return
+            await asyncio.sleep(max(wait, 0.0) + 0.01)
+
+    async def _sender(
+        self,
+        queue: asyncio.Queue[_Item | None],
+        committer: _GroupCommitter,
+        rate: RateLimiter,
+    ) -> None:
+        conn: Connection | None = None
+        previous = Progress()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    queue.task_done()
+                    break
+                # The previous outcome and this message's `sending` mark in one commit.
+                previous.sending.append(item.delivery_id)
+                await committer.submit(previous)
+                previous = Progress()
+                await rate.wait()
+                conn = await self._send_one(conn, item, previous)
+                if queue.empty():
+                    # Nothing waiting: write the outcome now rather than with the next.
+                    await committer.submit(previous)
+                    previous = Progress()
+                queue.task_done()
+            await committer.submit(previous)
+        finally:
+            if conn is not None:
+                await conn.close()
+
+    async def _send_one(
+        self, conn: Connection | None, item: _Item, out: Progress
+    ) -> Connection | None:
+        """Send one message and write its outcome into `out`; returns the connection."""
+        try:
+            if conn is None or not conn.is_open:
+                conn = self._new_connection()
+                await conn.connect()
+            outcome = await conn.send(item.envelope_from, item.email, item.data)
+        except ConnectionLost as exc:
+            if exc.data_sent_completely:
+                out.in_doubt.append((item.delivery_id, f"connection lost after sending: {exc}"))
+            else:
+                self._retry(item, f"connection lost: {exc}", out)
+            return None
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            self._retry(item, f"cannot connect: {exc}", out)
+            await asyncio.sleep(0.2)  # don't spin on a server that is down
+            return None
+        except Exception as exc:  # a refused greeting, TLS or login: retry later
+            self._retry(item, f"{type(exc).__name__}: {exc}", out)
+            await asyncio.sleep(0.2)
+            return None
+        if outcome.accepted:
+            out.sent.append(item.delivery_id)
+        elif outcome.permanent:
+            error = f"{outcome.code} {outcome.text}"
+            if outcome.stage == "rcpt":
+                out.bounced.append((item.delivery_id, item.email, error))
+            else:
+                out.failed.append((item.delivery_id, error))
+        else:
+            self._retry(item, f"{outcome.code} {outcome.text}", out)
+        return conn if conn.is_open else None
+
+    def _retry(self, item: _Item, error: str, out: Progress) -> None:
+        if item.attempts + 1 >= self.settings.max_attempts:
+            out.failed.append(
+                (item.delivery_id, f"gave up after {item.attempts + 1} tries: {error}")
+            )
+        else:
+            when = deliveries.backoff(item.attempts, self.settings.retry_delay)
+            out.retry.append((item.delivery_id, error, when))
+
+    def _notify(self, report: RunReport) -> None:
+        if self.progress is not None:
+            self.progress(replace(report))
+
+    # ------------------------------------------------------------------ test sends
+
+    def test_send(self, campaign: Campaign, to: list[str]) -> list[SendOutcome]:
+        """Send the campaign to typed-in addresses, marked as a test and never counted."""
+        return asyncio.run(self._test_send(campaign, to))
+
+    async def _test_send(self, campaign: Campaign, to: list[str]) -> list[SendOutcome]:
+        test = campaign.model_copy(update={"subject": f"[TEST] {campaign.subject}"})
+        compiled = self.compile(test)
+        conn = self._new_connection()
+        await conn.connect()
+        outcomes = []
+        try:
+            for address in to:
+                r = Recipient(0, address, "Test Recipient", {})
+                data = b"X-Campaigns-Test: yes\r\n" + compiled.build(r)
+                outcomes.append(await conn.send(compiled.envelope_from(r), address, data))
+        finally:
+            await conn.close()
+        return outcomes
+
+
+def _drain(queue: asyncio.Queue[_Item | None]) -> list[_Item]:
+    items = []
+    while not queue.empty():
+        item = queue.get_nowait()
+        if item is not None:
+            items.append(item)
+    return items
+
+
+def deliveries_counts(session: Session, campaign_id: int) -> int:
+    from campaigns.campaign import counts
+
+    return counts(session, campaign_id).total
