@@ -500,6 +500,14 @@ def cmd_send_due(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(app: App, args: argparse.Namespace) -> int:
+    from mailer.web import run_server
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"port must be between 1 and 65535, got {args.port}")
+    return run_server(app.settings, app.engine, host=args.host, port=args.port)
+
+
 # ---------------------------------------------------------------- db, ui
 
 
@@ -636,6 +644,9 @@ def build_parser() -> Parser:
     c = cmd(ksub, "cancel", cmd_campaign_cancel, "cancel a campaign")
     c.add_argument("name")
 
+    c = cmd(sub, "serve", cmd_serve, "serve the unsubscribe and preference pages")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=8080)
     cmd(sub, "send-due", cmd_send_due, "for cron: send scheduled campaigns that are due, resume")
 
     dbp = sub.add_parser("db", help="database maintenance")
