@@ -47,6 +47,10 @@ class Settings:
     soft_bounce_limit: int = 3
     soft_bounce_days: int = 14
     brand_name: str = "Campaigns"
+    # Optional DKIM signing: all three set turns it on.
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_path: str = ""
     # Temporary SMTP failures: first retry after this many seconds, doubling each time,
     # until max_attempts; a send waits in-process for retries due within retry_wait.
     retry_delay: float = 30.0

@@ -16,7 +16,7 @@ import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -36,6 +36,9 @@ from mailer.transport import (
     SmtpConnection,
     parse_smtp_url,
 )
+
+if TYPE_CHECKING:
+    from mailer.dkim import DkimSigner
 
 
 @dataclass
@@ -63,23 +66,6 @@ class Connection(Protocol):
     async def connect(self) -> None: ...
     async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome: ...
     async def close(self) -> None: ...
-
-
-class _MaildirConnection:
-    """The capture transport behind the same face as an SMTP connection."""
-
-    def __init__(self, transport: MaildirTransport) -> None:
-        self.transport = transport
-        self.is_open = True
-
-    async def connect(self) -> None:
-        return None
-
-    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
-        return self.transport.deliver(envelope_from, recipient, data)
-
-    async def close(self) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -161,7 +147,7 @@ class SendEngine:
 
     def _new_connection(self) -> Connection:
         if self.url.scheme == "maildir":
-            return _MaildirConnection(MaildirTransport(self.url.path))
+            return MaildirTransport(self.url.path)
         return SmtpConnection(self.url)
 
     @property
@@ -170,7 +156,15 @@ class SendEngine:
         return 1 if self.url.scheme == "maildir" else max(1, self.settings.smtp_connections)
 
     def compile(self, campaign: Campaign) -> CompiledCampaign:
-        return compile_campaign(campaign, self.settings, signer=self.signer)
+        return compile_campaign(campaign, self.settings, signer=self.signer, dkim=self._dkim())
+
+    def _dkim(self) -> DkimSigner | None:
+        s = self.settings
+        if not (s.dkim_key_path and s.dkim_selector and s.dkim_domain):
+            return None
+        from mailer.dkim import DkimSigner
+
+        return DkimSigner(s.dkim_selector, s.dkim_domain, s.dkim_key_path)
 
     # ------------------------------------------------------------------ one campaign
 
