@@ -1,0 +1,279 @@
+"""The send engine against a real SMTP server (aiosmtpd, in-process) and real databases."""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import random
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlmodel import select
+
+from campaigns import campaign as store
+from campaigns import consent
+from campaigns.config import Settings
+from campaigns.models import Contact, Delivery, Suppression
+from campaigns.purposes import Kind, Purpose, SuppressionReason
+from mailer.schedule import send_now
+from mailer.tokens import TokenKind, signer_from_settings
+from tests.conftest import Db
+
+KINDS = {
+    Kind.PROMOTIONAL: {},
+    Kind.SURVEY: {"survey_url": "https://survey.example.com/s/1"},
+    Kind.THIRD_PARTY_OFFER: {"sponsor": "Partner GmbH"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Inbox:
+    """An aiosmtpd handler that records what it accepts; `fault` can refuse or drop."""
+
+    received: list[tuple[str, str, bytes]] = field(default_factory=list)
+    # fault(stage, recipient) -> None (accept), "drop", or a reply line like "451 later"
+    fault: Callable[[str, str], str | None] = lambda stage, rcpt: None
+    on_data: Callable[[str], None] = lambda rcpt: None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, opts: Any):
+        verdict = self.fault("rcpt", address)
+        if verdict == "drop":
+            server.transport.close()
+            return "421 closing"
+        if verdict:
+            return verdict
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        rcpt = envelope.rcpt_tos[0]
+        verdict = self.fault("data", rcpt)
+        if verdict and verdict != "drop-after":
+            if verdict == "drop":
+                server.transport.close()
+                return "421 closing"
+            return verdict
+        with self.lock:
+            self.received.append((envelope.mail_from, rcpt, envelope.original_content))
+        self.on_data(rcpt)
+        if verdict == "drop-after":
+            # Accepted, but the reply never reaches the client: the message is in doubt.
+            server.transport.close()
+        return "250 OK"
+
+    def counts(self) -> Counter[str]:
+        return Counter(r for _f, r, _d in self.received)
+
+
+@pytest.fixture
+def inbox() -> Iterator[tuple[Inbox, int]]:
+    handler = Inbox()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield handler, port
+    controller.stop()
+
+
+def smtp_settings(settings: Settings, port: int, **kw: Any) -> Settings:
+    return replace(
+        settings, smtp_url=f"smtp://127.0.0.1:{port}", retry_delay=0.01, retry_wait=30, **kw
+    )
+
+
+def add_people(db: Db, states: list[dict[Purpose, str]]) -> list[Contact]:
+    """Contacts with the given consent ('granted', 'withdrawn', 'none', 'suppressed')."""
+    out = []
+    with db.session() as s:
+        for i, state in enumerate(states):
+            email = f"person{i}@Example.com"
+            c = Contact(email=email, email_key=email.lower(), name=f"Person {i}")
+            s.add(c)
+            s.flush()
+            for purpose, value in state.items():
+                if value in ("granted", "withdrawn", "suppressed"):
+                    consent.record(
+                        s, c, purpose, granted=True, source="form:signup", policy_version="1"
+                    )
+                if value == "withdrawn":
+                    consent.record(
+                        s, c, purpose, granted=False, source="one-click", policy_version="1"
+                    )
+            if any(v == "suppressed" for v in state.values()):
+                from campaigns import suppression
+
+                suppression.suppress(s, email, SuppressionReason.HARD_BOUNCE, source="bounce")
+            out.append(c)
+        s.commit()
+    return out
+
+
+def new_campaign(db: Db, kind: Kind, name: str = "c") -> int:
+    with db.session() as s:
+        c = store.create(
+            s,
+            kind=kind,
+            name=name,
+            subject="Hello {{ name }}",
+            body="Hi **{{ name }}**",
+            **KINDS[kind],
+        )
+        s.commit()
+        return c.id or 0
+
+
+def eligible(db: Db, purpose: Purpose) -> set[str]:
+    with db.session() as s:
+        return {
+            c.email for c in s.exec(select(Contact)) if consent.permission_for(c, purpose).allowed
+        }
+
+
+STATE = st.sampled_from(["granted", "withdrawn", "none", "suppressed"])
+
+
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(states=st.lists(st.fixed_dictionaries({p: STATE for p in Purpose}), max_size=12))
+def test_each_kind_reaches_exactly_its_eligible_contacts(
+    db: Db, inbox: tuple[Inbox, int], states: list[dict[Purpose, str]]
+) -> None:
+    db.clean()
+    handler, port = inbox
+    conf = smtp_settings(db.settings, port)
+    signer = signer_from_settings(conf)
+    add_people(db, states)
+    for kind in Kind:
+        handler.received.clear()
+        cid = new_campaign(db, kind, name=kind.value)
+        report = send_now(conf, db.engine, kind.value)
+        want = eligible(db, kind.purpose)
+        got = handler.counts()
+        assert set(got) == want and all(n == 1 for n in got.values())
+        assert report.finished and report.sent == len(want)
+        with db.session() as s:
+            by_email = {c.email: c.id for c in s.exec(select(Contact))}
+        for _from, rcpt, data in handler.received:
+            msg = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+            assert not msg.defects
+            for header in ("Message-ID", "Date", "List-Id", "List-Unsubscribe-Post", "From"):
+                assert msg[header], header
+            assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            url = str(msg["List-Unsubscribe"]).strip("<>").split(">")[0]
+            token = url.rsplit("/u/", 1)[1]
+            assert signer.verify(TokenKind.UNSUBSCRIBE, token) == (by_email[rcpt], cid)
+            assert msg.get_content_type() == "multipart/alternative"
+
+
+def test_withdrawal_mid_send_stops_that_message(db: Db, inbox: tuple[Inbox, int]) -> None:
+    handler, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 6)
+    last = people[-1]
+
+    def withdraw_last(rcpt: str) -> None:
+        if len(handler.received) == 1:
+            with db.session() as s:
+                c = s.get(Contact, last.id)
+                consent.record(
+                    s,
+                    c,
+                    Purpose.PROMOTIONAL,
+                    granted=False,
+                    source="one-click",
+                    policy_version="1",
+                )
+                s.commit()
+
+    handler.on_data = withdraw_last
+    new_campaign(db, Kind.PROMOTIONAL)
+    conf = smtp_settings(db.settings, port, smtp_connections=1)
+    from mailer.engine import SendEngine
+
+    engine = SendEngine(conf, db.engine, claim_size=1)
+    with db.session() as s:
+        cid = store.get(s, "c").id
+    from campaigns import deliveries
+
+    deliveries.start(db.engine, cid)
+    report = engine.run_campaign(cid)
+    assert last.email not in handler.counts()
+    assert len(handler.received) == 5 and report.skipped == 1 and report.finished
+    with db.session() as s:
+        row = s.exec(select(Delivery).where(Delivery.contact_id == last.id)).one()
+        assert row.status == "skipped" and "withdrawn" in row.error
+
+
+def test_faults_everyone_gets_exactly_one_and_550s_are_suppressed(
+    db: Db, inbox: tuple[Inbox, int]
+) -> None:
+    handler, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 40)
+    refused = {p.email for p in people[:4]}
+    rnd = random.Random(1234)
+    lock = threading.Lock()
+
+    def fault(stage: str, rcpt: str) -> str | None:
+        if stage == "rcpt" and rcpt in refused:
+            return "550 5.1.1 no such user"
+        with lock:
+            roll = rnd.random()
+        if roll < 0.08:
+            return rnd.choice(["421 4.3.2 shutting down", "451 4.3.0 try later", "454 4.7.0 TLS"])
+        if roll < 0.12 and stage == "rcpt":
+            return "drop"  # dropped before the message went: safe to retry
+        if stage == "data" and roll < 0.16:
+            return "drop-after"
+        return None
+
+    handler.fault = fault
+    new_campaign(db, Kind.PROMOTIONAL)
+    conf = smtp_settings(db.settings, port, smtp_connections=3, max_attempts=30)
+    report = send_now(conf, db.engine, "c")
+    got = handler.counts()
+    assert report.finished
+    assert not refused & set(got)
+    assert set(got) == {p.email for p in people} - refused
+    assert all(n == 1 for n in got.values())
+    with db.session() as s:
+        statuses = Counter(d.status for d in s.exec(select(Delivery)))
+        assert statuses["failed"] == len(refused)
+        assert statuses["sent"] + statuses["in_doubt"] == len(people) - len(refused)
+        assert len(s.exec(select(Suppression)).all()) == len(refused)
+        for p in people[:4]:
+            assert s.get(Contact, p.id).suppressed == "hard_bounce"
+
+
+def test_a_drop_after_the_whole_message_is_in_doubt_and_never_resent(
+    db: Db, inbox: tuple[Inbox, int]
+) -> None:
+    handler, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 3)
+    target = people[1].email
+    handler.fault = lambda stage, rcpt: "drop" if stage == "data" and rcpt == target else None
+    new_campaign(db, Kind.PROMOTIONAL)
+    report = send_now(smtp_settings(db.settings, port, smtp_connections=1), db.engine, "c")
+    # The server saw the whole message and closed without answering: nobody can know
+    # whether it was accepted, so it is reported and not sent again.
+    assert report.in_doubt == 1 and report.finished
+    assert set(handler.counts()) == {people[0].email, people[2].email}
+    with db.session() as s:
+        row = s.exec(select(Delivery).where(Delivery.contact_id == people[1].id)).one()
+        assert row.status == "in_doubt"
