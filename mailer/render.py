@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import jinja2
-import premailer
 from jinja2.sandbox import SandboxedEnvironment
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
@@ -397,6 +396,10 @@ def _kind_checks(kind: Kind, campaign: Campaign) -> None:
 
 
 def _inline_css(document: str) -> str:
+    # Imported here: premailer (with lxml and cssutils) costs ~0.2 s to import, which
+    # cron's `send-due` need not pay on the minutes when nothing is due.
+    import premailer
+
     try:
         return premailer.Premailer(
             document,
