@@ -58,6 +58,8 @@ class Contact(SQLModel, table=True):
         Index("ix_contacts_third_party_country", "third_party", "country"),
         Index("ix_contacts_city", "city"),
         Index("ix_contacts_created_at", "created_at"),
+        # Never reuse the id of an erased contact: tokens in old messages name it.
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -95,6 +97,8 @@ class ConsentEvent(SQLModel, table=True):
     """One line of the append-only consent ledger."""
 
     __tablename__ = "consent_events"
+    # Event ids are proofs of consent kept on deliveries: never reused after erasure.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: int | None = Field(default=None, primary_key=True)
     contact_id: int = Field(foreign_key="contacts.id", index=True, ondelete="CASCADE")

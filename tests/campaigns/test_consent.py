@@ -148,3 +148,13 @@ def test_forget_leaves_only_the_hash(db: Db) -> None:
         db.engine.dispose()
         raw = Path(db.url.removeprefix("sqlite:///")).read_bytes().lower()
         assert b"bob@example.org" not in raw
+
+
+def test_an_erased_contacts_id_is_never_given_again(db: Db) -> None:
+    # Old messages carry tokens naming the contact id: a newcomer must not inherit it.
+    c = _contact(db, "old@example.com")
+    with db.session() as s:
+        suppression.forget(s, "old@example.com")
+        s.commit()
+    newcomer = _contact(db, "new@example.com")
+    assert newcomer.id != c.id

@@ -71,6 +71,7 @@ def upgrade() -> None:
         sa.Column("suppressed", sa.String(length=20), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("email_key"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.create_index("ix_contacts_city", ["city"], unique=False)
@@ -113,6 +114,7 @@ def upgrade() -> None:
         sa.Column("delivery_id", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(["contact_id"], ["contacts.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("consent_events", schema=None) as batch_op:
         batch_op.create_index(

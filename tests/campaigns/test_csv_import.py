@@ -1,0 +1,605 @@
+"""Contacts CSV import (DESIGN.md §3 "Contacts CSV", consent rules of §2), on real databases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+from sqlmodel import col, select
+
+from campaigns import addresses, consent, csv_import, suppression
+from campaigns.consent import next_state
+from campaigns.csv_import import Conflict, ImportRefused, ImportReport, import_contacts
+from campaigns.models import ConsentEvent, Contact, ContactTag
+from campaigns.purposes import ConsentState, Purpose, SuppressionReason
+from tests.conftest import Db
+
+POLICY = "2026-01"
+HEADER = (
+    "email,name,address,postcode,town,city,country,"
+    "consent_promotional,consent_research,consent_third_party,tags"
+)
+
+
+def write(tmp_path: Path, content: str | bytes, name: str = "contacts.csv") -> Path:
+    path = tmp_path / name
+    if isinstance(content, str):
+        path.write_text(content, encoding="utf-8", newline="")
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def run(db: Db, path: Path, **kw: Any) -> ImportReport:
+    return import_contacts(db.engine, path, policy_version=POLICY, **kw)
+
+
+def people(db: Db) -> dict[str, Contact]:
+    with db.session() as s:
+        return {c.email_key: c for c in s.exec(select(Contact))}
+
+
+def events(db: Db) -> list[ConsentEvent]:
+    with db.session() as s:
+        return list(s.exec(select(ConsentEvent).order_by(col(ConsentEvent.id))))
+
+
+def tags_of(db: Db, email: str) -> set[str]:
+    with db.session() as s:
+        stmt = (
+            select(ContactTag.tag)
+            .join(Contact, col(Contact.id) == ContactTag.contact_id)
+            .where(Contact.email_key == addresses.key(email))
+        )
+        return set(s.exec(stmt))
+
+
+def snapshot(db: Db) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything the importer may touch, for 'nothing changed' comparisons."""
+    with db.engine.connect() as conn:
+        return {
+            table: [tuple(r) for r in conn.execute(text(f"SELECT * FROM {table} ORDER BY 1, 2"))]
+            for table in ("contacts", "consent_events", "contact_tags", "suppressions")
+        }
+
+
+def assert_ledger_consistent(db: Db) -> None:
+    """Every contact's cached state is what its ledger says, event ids included, and
+    every stored address is valid and normalised."""
+    by_contact: dict[int, list[ConsentEvent]] = {}
+    for ev in events(db):
+        by_contact.setdefault(ev.contact_id, []).append(ev)
+    for c in people(db).values():
+        assert addresses.is_valid(c.email), c.email
+        assert c.email == addresses.normalise(c.email)
+        assert c.email_key == addresses.key(c.email)
+        for purpose in Purpose:
+            state, last = ConsentState.NONE.value, None
+            for ev in by_contact.get(c.id, []):
+                if ev.purpose == purpose.value:
+                    after = next_state(state, ev.granted, ev.source)
+                    assert after is not None, "an event that changed nothing was written"
+                    state, last = after, ev.id
+            assert getattr(c, purpose.value) == state
+            assert getattr(c, f"{purpose.value}_event_id") == last
+
+
+# ------------------------------------------------------------------- good files
+
+
+def test_good_file_is_imported_normalised_with_one_event_per_grant(db: Db, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "\ufeffEmail , Name,Address,Postcode,Town,City,Country,Consent_Promotional,"
+        "consent_research,consent_third_party,Tags,Loyalty Level\r\n"
+        " Anna.Schmidt@Example.COM ,  Anna Schmidt , Hauptstr. 1 ,10115,,Berlin, de ,"
+        "YES,no,,vip; wine ;;vip,gold\r\n"
+        "bob@shop.example,Bob,,,,,at,true,1,yes,,\r\n"
+        "carl@shop.example,Carl,,,,,,0,False,No,,\r\n",
+    )
+    report = run(db, path)
+
+    assert (report.imported, report.updated, report.unchanged) == (3, 0, 0)
+    assert report.rejected == [] and report.conflicts == [] and not report.dry_run
+    stored = people(db)
+    anna = stored["anna.schmidt@example.com"]
+    # Kept as given but trimmed, domain lower-cased; compared case-folded.
+    assert anna.email == "Anna.Schmidt@example.com"
+    assert (anna.name, anna.address, anna.postcode, anna.city, anna.country) == (
+        "Anna Schmidt",
+        "Hauptstr. 1",
+        "10115",
+        "Berlin",
+        "DE",
+    )
+    assert anna.attributes == {"loyalty level": "gold"}
+    assert tags_of(db, "anna.schmidt@example.com") == {"vip", "wine"}
+    # Blank third-party consent never grants; "no" writes no event for a new contact.
+    assert (anna.promotional, anna.research, anna.third_party) == ("granted", "none", "none")
+    bob = stored["bob@shop.example"]
+    assert (bob.promotional, bob.research, bob.third_party) == ("granted",) * 3
+    carl = stored["carl@shop.example"]
+    assert (carl.promotional, carl.research, carl.third_party) == ("none",) * 3
+
+    evs = events(db)
+    assert len(evs) == 4
+    assert {(e.contact_id, e.purpose) for e in evs} == {
+        (anna.id, "promotional"),
+        (bob.id, "promotional"),
+        (bob.id, "research"),
+        (bob.id, "third_party"),
+    }
+    for e in evs:
+        assert e.granted and e.source == "import:contacts.csv" and e.policy_version == POLICY
+        assert e.occurred_at.tzinfo is not None
+    assert anna.promotional_event_id == next(e.id for e in evs if e.contact_id == anna.id)
+    assert_ledger_consistent(db)
+
+
+def test_source_can_be_given(db: Db, tmp_path: Path) -> None:
+    path = write(tmp_path, "email,consent_research\nann@example.com,yes\n")
+    run(db, path, source="import:crm-2026-05")
+    assert [e.source for e in events(db)] == ["import:crm-2026-05"]
+
+
+def test_existing_contact_blank_cells_change_nothing_and_tags_are_added(
+    db: Db, tmp_path: Path
+) -> None:
+    run(
+        db,
+        write(
+            tmp_path,
+            f"{HEADER},level\nann@example.com,Ann,,,,Wien,at,yes,yes,yes,vip,gold\n",
+            "first.csv",
+        ),
+    )
+    before = people(db)["ann@example.com"]
+
+    report = run(
+        db,
+        write(tmp_path, f"{HEADER},level,shoe\nANN@example.com,,,,,,,,,,wine,,42\n", "second.csv"),
+    )
+
+    assert (report.imported, report.updated, report.unchanged) == (0, 1, 0)
+    after = people(db)["ann@example.com"]
+    assert (after.name, after.city, after.country) == ("Ann", "Wien", "AT")
+    assert after.attributes == {"level": "gold", "shoe": "42"}
+    assert (after.promotional, after.research, after.third_party) == ("granted",) * 3
+    assert after.promotional_event_id == before.promotional_event_id
+    assert tags_of(db, "ann@example.com") == {"vip", "wine"}
+    assert len(events(db)) == 3
+
+
+def test_a_no_in_the_file_clears_a_grant_with_an_event(db: Db, tmp_path: Path) -> None:
+    run(db, write(tmp_path, "email,consent_promotional\nann@example.com,yes\n", "a.csv"))
+    report = run(db, write(tmp_path, "email,consent_promotional,name\nann@example.com,no,Ann\n"))
+    assert report.updated == 1
+    ann = people(db)["ann@example.com"]
+    assert ann.promotional == ConsentState.NONE and ann.name == "Ann"
+    withdrawal = events(db)[-1]
+    assert (withdrawal.granted, withdrawal.source) == (False, "import:contacts.csv")
+    assert ann.promotional_event_id == withdrawal.id
+    assert_ledger_consistent(db)
+
+
+# ------------------------------------------------------------------- bad rows
+
+
+def test_bad_rows_are_reported_with_the_line_they_start_on(db: Db, tmp_path: Path) -> None:
+    rows = [
+        HEADER,  # 1
+        'ann@example.com,"Ann\nMulti\nLine",,,,,,yes,,,',  # 2-4
+        "not-an-address,Bad,,,,,,,,,",  # 5
+        "bob@example.com,Bob,,,,,,maybe,,,",  # 6
+        "carl@example.com,Carl,,,,,,,,",  # 7: too few fields
+        "dora@example.com,Dora,,,,,,,,,,extra",  # 8: too many
+        "ANN@EXAMPLE.com,Again,,,,,,,,,",  # 9: duplicate, other case
+        'eve@example.com,=HYPERLINK("http://x"),,,,,,,,,',  # 10
+        "fay@example.com,Fay\x00,,,,,,,,,",  # 11
+        f"gus@example.com,{'x' * 10_001},,,,,,,,,",  # 12
+        f'hal@example.com,"{"y" * 200_000}",,,,,,,,,',  # 13: beyond csv's own field limit
+        "ida@example.com,,,,,,,yes,,,",  # 14
+        "",  # 15: blank line, skipped
+        ",,,,,,,,,,",  # 16: all blank, skipped
+        ",Nobody,,,,,,,,,",  # 17
+        f"jo@example.com,{'n' * 501},,,,,,,,,",  # 18: longer than the name column
+        "kim@example.com,Kim,,,,,,,,,tag1;" + "t" * 101,  # 19
+        "lou@example.com,Lou,,,,,,,,,",  # 20
+    ]
+    data = ("\r\n".join(rows) + "\r\n").encode()
+    # Line 21: not UTF-8.
+    data += b"max@example.com,M\xe4x,,,,,,,,,\r\nned@example.com,Ned,,,,,,,,,\r\n"
+    report = run(db, write(tmp_path, data))
+
+    reasons = {r.line: r.reason for r in report.rejected}
+    assert sorted(reasons) == [5, 6, 7, 8, 9, 10, 11, 12, 13, 17, 18, 19, 21]
+    assert "invalid email address" in reasons[5]
+    assert "consent_promotional" in reasons[6] and "maybe" in reasons[6]
+    assert reasons[7] == "expected 11 fields, found 10"
+    assert reasons[8] == "expected 11 fields, found 12"
+    assert reasons[9] == "duplicate of an address earlier in the file"
+    assert "spreadsheet formula" in reasons[10] and reasons[10].startswith("name:")
+    assert "control character" in reasons[11] and "U+0000" in reasons[11]
+    assert "10,000 characters" in reasons[12]
+    assert "10,000 characters" in reasons[13]
+    assert reasons[17] == "no email address"
+    assert "name: longer than 500" in reasons[18]
+    assert "tags:" in reasons[19]
+    assert "not valid UTF-8" in reasons[21]
+    for reason in reasons.values():
+        assert "\n" not in reason and len(reason) < 200
+    # Every good row around them is in, whole.
+    assert set(people(db)) == {
+        "ann@example.com",
+        "ida@example.com",
+        "lou@example.com",
+        "ned@example.com",
+    }
+    assert people(db)["ann@example.com"].name == "Ann\nMulti\nLine"
+    assert report.imported == 4
+    assert_ledger_consistent(db)
+
+
+def test_a_runaway_quote_or_a_huge_line_costs_rows_not_the_import(db: Db, tmp_path: Path) -> None:
+    swallowed = "".join(f"eve{i}@example.com,Eve\n" for i in range(8_000))  # > 131,072 chars
+    content = (
+        "email,name\n"
+        "ann@example.com,Ann\n"  # 2
+        f"bob@example.com,{'z' * 1_100_000}\n"  # 3: one huge physical line
+        "carl@example.com,Carl\n"  # 4
+        'dora@example.com,"Dora\n'  # 5: the quote never closes
+        f"{swallowed}"
+        "last@example.com,Last\n"
+    )
+    report = run(db, write(tmp_path, content))
+    reasons = {r.line: r.reason for r in report.rejected}
+    assert reasons[3] == "row is longer than 1,000,000 characters (unbalanced quote?)"
+    assert reasons[5] == "a field is longer than 10,000 characters"
+    stored = people(db)
+    # Reading resumes after each: the rows before and the last one are in.
+    assert {"ann@example.com", "carl@example.com", "last@example.com"} <= set(stored)
+    assert "bob@example.com" not in stored and "dora@example.com" not in stored
+
+
+def test_formula_escapes_numbers_and_phone_numbers(db: Db, tmp_path: Path) -> None:
+    content = (
+        "email,name,phone,note\n"
+        "ann@example.com,'=SUM(A1),+49 30 1234-567,-\n"  # 2: the exporter's escape
+        "bob@example.com,Bob,-12.5,''@home\n"  # 3
+        "carl@example.com,@SUM(1),,\n"  # 4
+        "dora@example.com,Dora,+cmd|' /C calc'!A0,\n"  # 5
+        'eve@example.com,"\t=1",,\n'  # 6
+        "fay@example.com,-2+3+cmd,,\n"  # 7
+        "gus@example.com,'plain,,\n"  # 8: a quote before anything else stays
+    )
+    report = run(db, write(tmp_path, content))
+    assert sorted(r.line for r in report.rejected) == [4, 5, 6, 7]
+    stored = people(db)
+    assert stored["ann@example.com"].name == "=SUM(A1)"
+    assert stored["ann@example.com"].attributes == {"phone": "+49 30 1234-567", "note": "-"}
+    assert stored["bob@example.com"].attributes == {"phone": "-12.5", "note": "'@home"}
+    assert stored["gus@example.com"].name == "'plain"
+
+
+def test_erased_address_is_refused_and_suppressed_one_is_marked(db: Db, tmp_path: Path) -> None:
+    with db.session() as s:
+        s.add(Contact(email="gone@example.com", email_key="gone@example.com"))
+        s.commit()
+        assert suppression.forget(s, "gone@example.com")
+        suppression.suppress(s, "Bounce@Example.com", SuppressionReason.HARD_BOUNCE)
+        s.commit()
+
+    report = run(
+        db,
+        write(
+            tmp_path,
+            "email,consent_promotional\nGONE@example.com,yes\nbounce@example.com,yes\n",
+        ),
+    )
+
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (2, "address was erased at the person's request")
+    ]
+    stored = people(db)
+    assert "gone@example.com" not in stored
+    assert stored["bounce@example.com"].suppressed == SuppressionReason.HARD_BOUNCE
+    with db.session() as s:
+        may = consent.may_send(s, stored["bounce@example.com"].id, Purpose.PROMOTIONAL)
+    assert not may.allowed
+    assert report.imported == 1
+
+
+def test_personal_withdrawal_is_a_conflict_and_the_rest_of_the_row_applies(
+    db: Db, tmp_path: Path
+) -> None:
+    run(db, write(tmp_path, "email,consent_promotional\nann@example.com,yes\n", "a.csv"))
+    with db.session() as s:
+        ann = s.exec(select(Contact)).one()
+        consent.record(
+            s, ann, Purpose.PROMOTIONAL, granted=False, source="one-click", policy_version=POLICY
+        )
+        s.commit()
+    n_events = len(events(db))
+
+    report = run(
+        db,
+        write(
+            tmp_path,
+            "email,name,consent_promotional,consent_research\n"
+            "bob@example.com,Bob,yes,\n"
+            "ann@example.com,Ann,yes,yes\n",
+        ),
+    )
+
+    assert report.conflicts == [
+        Conflict(3, "promotional", report.conflicts[0].reason),
+    ]
+    assert "one-click" in report.conflicts[0].reason
+    assert (report.imported, report.updated) == (1, 1)
+    ann = people(db)["ann@example.com"]
+    assert ann.promotional == ConsentState.WITHDRAWN
+    assert (ann.research, ann.name) == (ConsentState.GRANTED, "Ann")
+    assert len(events(db)) == n_events + 2  # bob's grant and ann's research
+    assert_ledger_consistent(db)
+
+
+# ------------------------------------------------------------------- refused files
+
+
+def luhn_complete(digits: str) -> str:
+    """digits plus the check digit that makes the whole pass Luhn."""
+    for last in "0123456789":
+        if csv_import._luhn(digits + last):
+            return digits + last
+    raise AssertionError
+
+
+CARD = "4111 1111 1111 1111"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "empty"),
+        ("\n\nann@example.com\n", "blank"),
+        ("name,city\nAnn,Wien\n", "no 'email' column"),
+        ("ann@example.com,Ann\nbob@example.com,Bob\n", "no 'email' column"),
+        ("email,Name,name\nann@example.com,a,b\n", "'name' appears twice"),
+        ("email,,name\nann@example.com,a,b\n", "column 2 has no name"),
+        ("email,Credit Card Number\nann@example.com,x\n", "'credit card number'"),
+        ("email,cc\nann@example.com,x\n", "'cc'"),
+        ("email,card_no\nann@example.com,x\n", "'card_no'"),
+        (f"email,notes\nann@example.com,hello\nbob@example.com,{CARD}\n", "'notes'"),
+        ("email,ref\nann@example.com,x\nbob@example.com,4242-4242-4242-4242\n", "line 3"),
+        (f"email,name,x\nann@example.com,a,b\nbob@example.com,b,c,'{CARD}\n", "beyond"),
+        ("email,=cmd()\nann@example.com,x\n", "formula"),
+    ],
+)
+def test_refused_files_write_nothing(db: Db, tmp_path: Path, content: str, message: str) -> None:
+    run(db, write(tmp_path, "email,consent_promotional\nold@example.com,yes\n", "old.csv"))
+    before = snapshot(db)
+    with pytest.raises(ImportRefused) as exc:
+        run(db, write(tmp_path, content))
+    assert message in str(exc.value)
+    assert "\n" not in str(exc.value)
+    assert snapshot(db) == before
+
+
+def test_card_column_by_value_names_the_column(db: Db, tmp_path: Path) -> None:
+    rows = "".join(f"p{i}@example.com,fine\n" for i in range(3000))
+    path = write(tmp_path, f"email,Customer Ref\n{rows}late@example.com,{CARD}\n")
+    with pytest.raises(ImportRefused, match=r"column 'customer ref' holds payment card numbers"):
+        run(db, path)
+    assert people(db) == {}
+
+
+def test_numbers_that_are_not_card_numbers_are_fine(db: Db, tmp_path: Path) -> None:
+    not_luhn = "4111 1111 1111 1112"
+    zero_lead = luhn_complete("0049301234567")  # a phone number written 0049...
+    assert csv_import._luhn(zero_lead.replace(" ", ""))
+    path = write(
+        tmp_path,
+        f"email,ref,phone,id\nann@example.com,{not_luhn},{zero_lead},123456789012\n",
+    )
+    assert run(db, path).imported == 1
+
+
+def test_unreadable_files_are_refused(db: Db, tmp_path: Path) -> None:
+    with pytest.raises(ImportRefused, match="cannot read"):
+        run(db, tmp_path / "missing.csv")
+    with pytest.raises(ImportRefused, match="cannot read"):
+        run(db, tmp_path)
+    utf16 = write(tmp_path, "email\nann@example.com\n".encode("utf-16"))
+    with pytest.raises(ImportRefused, match="UTF-16"):
+        run(db, utf16)
+    assert people(db) == {}
+
+
+def test_bad_policy_version_is_refused_before_reading(db: Db, tmp_path: Path) -> None:
+    path = write(tmp_path, "email\nann@example.com\n")
+    with pytest.raises(ImportRefused, match="policy version"):
+        import_contacts(db.engine, path, policy_version="")
+    assert people(db) == {}
+
+
+# ------------------------------------------------------------------- idempotence, dry run
+
+
+def mixed_file(tmp_path: Path) -> Path:
+    rows = [
+        f"{HEADER},level",
+        "ann@example.com,Ann,,,,,de,yes,no,,vip;wine,gold",
+        "Bob@Example.com,Bob,,,,,,no,yes,yes,,",
+        "carl@example.com,,,,,,,,,,,",
+        "dora@example.com,Dora,,,,,,yes,yes,,b2b,",  # personal withdrawal below
+        "gone@example.com,Gone,,,,,,yes,,,,",  # erased below
+        "bad,,,,,,,,,,,",
+        "=x@example.com,,,,,,,,,,,",
+    ]
+    return write(tmp_path, "\n".join(rows) + "\n")
+
+
+def test_reimport_changes_nothing(db: Db, tmp_path: Path) -> None:
+    path = mixed_file(tmp_path)
+    first = run(db, path)
+    assert first.imported == 5
+    before = snapshot(db)
+
+    second = run(db, path)
+
+    assert (second.imported, second.updated, second.unchanged) == (0, 0, 5)
+    assert second.rejected == first.rejected
+    assert snapshot(db) == before
+
+
+def test_dry_run_counts_like_the_real_run_and_writes_nothing(db: Db, tmp_path: Path) -> None:
+    seed = write(tmp_path, "email,consent_promotional\ndora@example.com,yes\n", "seed.csv")
+    run(db, seed)
+    with db.session() as s:
+        dora = s.exec(select(Contact)).one()
+        consent.record(
+            s, dora, Purpose.PROMOTIONAL, granted=False, source="mailto", policy_version=POLICY
+        )
+        s.add(Contact(email="gone@example.com", email_key="gone@example.com"))
+        s.commit()
+        suppression.forget(s, "gone@example.com")
+        s.commit()
+    path = mixed_file(tmp_path)
+    before = snapshot(db)
+
+    dry = run(db, path, dry_run=True)
+
+    assert snapshot(db) == before
+    assert dry.dry_run
+    real = run(db, path)
+    assert not real.dry_run
+    assert vars(dry) == {**vars(real), "dry_run": True}
+    assert (real.imported, real.updated, real.unchanged) == (3, 1, 0)
+    assert [r.line for r in real.rejected] == [6, 7, 8]
+    assert [c.line for c in real.conflicts] == [5]
+
+
+def test_small_batches_progress_and_duplicates_across_batches(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(csv_import, "BATCH_ROWS", 3)
+    rows = [f"p{i}@example.com,{'yes' if i % 2 else ''}" for i in range(10)]
+    rows.insert(8, "P1@example.com,yes")  # duplicate of a row two batches earlier
+    seen: list[int] = []
+
+    report = run(
+        db,
+        write(tmp_path, "email,consent_research\n" + "\n".join(rows) + "\n"),
+        progress=seen.append,
+    )
+
+    assert report.imported == 10
+    assert [(r.line, r.reason) for r in report.rejected] == [
+        (10, "duplicate of an address earlier in the file")
+    ]
+    assert seen == sorted(seen) and seen[-1] == 11 and len(seen) >= 3
+    assert len(events(db)) == 5
+    assert_ledger_consistent(db)
+
+
+# ------------------------------------------------------------------- hostile files
+
+NAMES = ["email", "name", "country", "consent_promotional", "consent_third_party", "tags", "x"]
+NASTY = [
+    "=cmd|' /C calc'!A0",
+    "@SUM(1+1)",
+    "+cmd",
+    "-2+3",
+    "'=ok",
+    "\t=1",
+    "\r=1",
+    '"',
+    'a""b',
+    "yes",
+    "No",
+    " 1 ",
+    "vip;;x",
+    "Ann@Example.COM",
+    "ann@example.com",
+    "bob@example.org",
+    "=bob@example.org",
+    "\x00",
+    "ü\u2028é",
+    "\ufeff",
+    "x" * 10_001,
+    "4111 1111 1111 1111",
+]
+
+
+@st.composite
+def hostile_csv(draw: st.DrawFn) -> bytes:
+    email = st.from_regex(r"[a-zA-Z0-9.]{1,8}@[a-z]{1,5}\.(com|de)", fullmatch=True)
+    field = st.one_of(st.sampled_from(NASTY), st.text(max_size=12), email)
+    kind = draw(st.sampled_from(["good"] * 6 + ["duplicate", "none", "random", "empty-name"]))
+    if kind == "good":
+        header = ["email", *draw(st.lists(st.sampled_from(NAMES[1:]), max_size=4, unique=True))]
+    elif kind == "duplicate":
+        header = ["email", "Email"]
+    elif kind == "empty-name":
+        header = ["email", ""]
+    elif kind == "none":
+        header = []
+    else:
+        header = draw(st.lists(field, min_size=1, max_size=5))
+    # Mostly rows of the header's width that start with an address; some of any shape.
+    shaped = st.builds(
+        lambda first, rest: [first, *rest],
+        st.one_of(email, email, field),
+        st.lists(field, min_size=max(len(header) - 1, 0), max_size=max(len(header) - 1, 0)),
+    )
+    rows = draw(st.lists(st.one_of(shaped, shaped, st.lists(field, max_size=6)), max_size=8))
+    newline = st.sampled_from(["\n", "\r\n", "\r"])
+
+    def cell(value: str) -> str:
+        if draw(st.booleans()):
+            return '"' + value.replace('"', '""') + '"'
+        return value
+
+    lines = [",".join(cell(v) for v in row) + draw(newline) for row in [header, *rows] if row]
+    data = "".join(lines).encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        at = draw(st.integers(0, len(data)))
+        data = data[:at] + draw(st.binary(max_size=6)) + data[at:]
+    if draw(st.booleans()):
+        data = b"\xef\xbb\xbf" + data
+    return data
+
+
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    max_examples=40,
+    deadline=None,
+)
+@given(data=hostile_csv())
+def test_hostile_files_are_refused_or_imported_whole(db: Db, tmp_path: Path, data: bytes) -> None:
+    db.clean()
+    path = write(tmp_path, data)
+    try:
+        report = run(db, path)
+    except ImportRefused as exc:
+        assert "\n" not in str(exc)
+        assert people(db) == {} and events(db) == []
+        return
+    stored = people(db)
+    assert report.imported == len(stored)
+    assert report.updated == report.unchanged == 0
+    for r in report.rejected:
+        assert r.line >= 2 and r.reason
+    with db.engine.connect() as conn:
+        orphans = conn.execute(
+            text(
+                "SELECT count(*) FROM contact_tags "
+                "WHERE contact_id NOT IN (SELECT id FROM contacts)"
+            )
+        ).scalar_one()
+    assert orphans == 0
+    assert_ledger_consistent(db)
