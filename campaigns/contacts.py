@@ -103,7 +103,12 @@ def record_operator_change(
     """A change that came by letter, phone or email; None when it changes nothing."""
     if not note.strip():
         raise ValueError("a note is required (say how the request came, e.g. 'letter of 3 May')")
-    contact = get(session, email)
+    # Locked, so a one-click arriving at the same moment cannot be lost (PostgreSQL).
+    contact = session.exec(
+        select(Contact).where(Contact.email_key == addresses.key(email)).with_for_update()
+    ).first()
+    if contact is None:
+        raise ContactNotFound(email)
     return consent.record(
         session,
         contact,
