@@ -139,7 +139,10 @@ class SendEngine:
         self.db = db
         self.worker = worker or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.progress = progress
-        self.claim_size = claim_size
+        # Claims run at most about a second ahead of the wire, so the eligibility check
+        # in the claim stays "just before sending" and paced workers don't hoard work.
+        rate = settings.send_rate
+        self.claim_size = max(1, min(claim_size, int(rate / 2))) if rate > 0 else claim_size
         self.url = parse_smtp_url(settings.effective_smtp_url)
         self.signer = signer_from_settings(settings)
 
@@ -179,7 +182,7 @@ class SendEngine:
             counts = deliveries_counts(s, campaign_id)
         report = RunReport(campaign_id=campaign_id, name=campaign.name, total=counts)
         compiled = self.compile(campaign)
-        queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=self.claim_size * 2)
+        queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=self.claim_size)
         committer = _GroupCommitter(self.db, campaign_id)
         rate = RateLimiter(self.settings.send_rate)
 
