@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, exists, func, insert, literal, or_, select, update
@@ -267,11 +267,10 @@ def commit_progress(
     now = now or utcnow()
     by_id = D.c.id == bindparam("b_id")
     with engine.begin() as conn:
-        # One statement per kind of mark: executemany costs a round trip per row.
+        # The hot path: one plain statement per kind of mark. Built SQL (expanding IN
+        # lists, type processing) cost ~0.7 ms of CPU a commit; driver SQL a tenth of it.
         if progress.sent:
-            conn.execute(
-                update(D).where(D.c.id.in_(progress.sent)).values(status=DELIVERED, sent_at=now)
-            )
+            _mark(conn, DELIVERED, progress.sent, sent_at=now)
         if progress.retry:
             conn.execute(
                 update(D)
@@ -315,7 +314,26 @@ def commit_progress(
                 [{"b_id": i, "b_error": e[:1000]} for i, e in progress.in_doubt],
             )
         if progress.sending:
-            conn.execute(update(D).where(D.c.id.in_(progress.sending)).values(status=SENDING_ROW))
+            _mark(conn, SENDING_ROW, progress.sending)
+
+
+def _mark(conn: Any, status: str, ids: list[int], sent_at: datetime | None = None) -> None:
+    """UPDATE deliveries SET status … WHERE id IN (…), as driver SQL."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    marks = ",".join([mark] * len(ids))
+    if sent_at is None:
+        conn.exec_driver_sql(
+            f"UPDATE deliveries SET status = {mark} WHERE id IN ({marks})", (status, *ids)
+        )
+        return
+    # Stored as the UTCDateTime column stores it: naive UTC on SQLite, aware elsewhere.
+    when = sent_at.astimezone(UTC)
+    if conn.dialect.name == "sqlite":
+        when = when.strftime("%Y-%m-%d %H:%M:%S.%f")
+    conn.exec_driver_sql(
+        f"UPDATE deliveries SET status = {mark}, sent_at = {mark} WHERE id IN ({marks})",
+        (status, when, *ids),
+    )
 
 
 def release(engine: Engine, delivery_ids: Sequence[int]) -> None:
