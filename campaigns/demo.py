@@ -5,6 +5,7 @@ every state has its ledger event."""
 from __future__ import annotations
 
 import random
+import unicodedata
 
 from sqlalchemy import Engine, func
 from sqlmodel import select
@@ -50,7 +51,9 @@ def seed(engine: Engine, *, policy_version: str, people: int = 300, seed_value: 
         for i in range(people):
             first, last = rnd.choice(FIRST), rnd.choice(LAST)
             country, city = rnd.choice(PLACES)
-            email = f"{first.lower()}.{last.lower()}{i}@example.{country.lower()}"
+            # Addresses in plain ASCII: the demo's people must all be mailable.
+            local = unicodedata.normalize("NFKD", f"{first}.{last}").encode("ascii", "ignore")
+            email = f"{local.decode().lower()}{i}@example.{country.lower()}"
             c = Contact(
                 email=email,
                 email_key=email.lower(),
