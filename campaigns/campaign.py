@@ -53,6 +53,48 @@ def validate_survey_url(url: str) -> str:
     return url
 
 
+def checked_fields(
+    kind: Kind,
+    *,
+    name: str,
+    subject: str,
+    body: str,
+    template: str = "",
+    sponsor: str = "",
+    survey_url: str = "",
+    preheader: str = "",
+    sender: str = "",
+) -> dict[str, str]:
+    """A campaign's fields, cleaned and checked against what its kind needs."""
+    kind = Kind(kind)
+    if not body.strip():
+        raise CampaignError("the body must not be empty")
+    fields = {
+        "kind": kind.value,
+        "name": _one_line("name", name, limit=200),
+        "subject": _one_line("subject", subject),
+        "preheader": _one_line("preheader", preheader, required=False),
+        "sender": _one_line("sender", sender, required=False),
+        "body": body,
+        "template": template.strip(),
+        "sponsor": "",
+        "survey_url": "",
+    }
+    if kind is Kind.THIRD_PARTY_OFFER:
+        fields["sponsor"] = _one_line(
+            "a third-party offer's sponsor (--sponsor)", sponsor, limit=300
+        )
+    elif sponsor.strip():
+        raise CampaignError("only third-party offers name a sponsor")
+    if kind is Kind.SURVEY:
+        if not survey_url.strip():
+            raise CampaignError("a survey needs its survey URL (--survey-url)")
+        fields["survey_url"] = validate_survey_url(survey_url)
+    elif survey_url.strip():
+        raise CampaignError("only surveys carry a survey URL")
+    return fields
+
+
 def create(
     session: Session,
     *,
@@ -68,37 +110,20 @@ def create(
     segment: dict[str, Any] | None = None,
 ) -> Campaign:
     """Create a draft, checking what its kind needs."""
-    kind = Kind(kind)
-    name = _one_line("name", name, limit=200)
-    subject = _one_line("subject", subject)
-    preheader = _one_line("preheader", preheader, required=False)
-    sender = _one_line("sender", sender, required=False)
-    if not body.strip():
-        raise CampaignError("the body must not be empty")
-    if kind is Kind.THIRD_PARTY_OFFER:
-        sponsor = _one_line("a third-party offer's sponsor (--sponsor)", sponsor, limit=300)
-    elif sponsor.strip():
-        raise CampaignError("only third-party offers name a sponsor")
-    if kind is Kind.SURVEY:
-        if not survey_url.strip():
-            raise CampaignError("a survey needs its survey URL (--survey-url)")
-        survey_url = validate_survey_url(survey_url)
-    elif survey_url.strip():
-        raise CampaignError("only surveys carry a survey URL")
-    if find(session, name) is not None:
-        raise CampaignError(f"a campaign named {name!r} exists already")
-    campaign = Campaign(
+    fields = checked_fields(
+        kind,
         name=name,
-        kind=kind.value,
         subject=subject,
-        preheader=preheader,
         body=body,
-        template=template.strip(),
+        template=template,
         sponsor=sponsor,
         survey_url=survey_url,
+        preheader=preheader,
         sender=sender,
-        segment=segment or {},
     )
+    if find(session, fields["name"]) is not None:
+        raise CampaignError(f"a campaign named {fields['name']!r} exists already")
+    campaign = Campaign(**fields, segment=segment or {})
     session.add(campaign)
     session.flush()
     return campaign

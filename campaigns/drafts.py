@@ -15,9 +15,9 @@ from campaigns.campaign import (
     DRAFT,
     SCHEDULED,
     CampaignError,
+    checked_fields,
     find,
     get,
-    validate_survey_url,
 )
 from campaigns.deliveries import audience_segment
 from campaigns.models import Campaign, Contact, utcnow
@@ -25,17 +25,6 @@ from campaigns.purposes import Kind
 from campaigns.segments import Breakdown, Segment, SegmentError
 
 EDITABLE = frozenset({DRAFT, SCHEDULED})
-
-
-def _line(label: str, value: str, *, required: bool = True, limit: int = 500) -> str:
-    value = value.strip()
-    if required and not value:
-        raise CampaignError(f"{label} must not be empty")
-    if "\r" in value or "\n" in value:
-        raise CampaignError(f"{label} must be a single line")
-    if len(value) > limit:
-        raise CampaignError(f"{label} is longer than {limit} characters")
-    return value
 
 
 def _editable(session: Session, name: str) -> Campaign:
@@ -64,35 +53,22 @@ def update_draft(
 ) -> Campaign:
     """Change a draft's (or scheduled campaign's) fields, checked as `create` checks them."""
     campaign = _editable(session, name)
-    kind = Kind(kind)
-    new_name = _line("name", new_name, limit=200)
-    subject = _line("subject", subject)
-    preheader = _line("preheader", preheader, required=False)
-    sender = _line("sender", sender, required=False)
-    if not body.strip():
-        raise CampaignError("the body must not be empty")
-    if kind is Kind.THIRD_PARTY_OFFER:
-        sponsor = _line("a third-party offer's sponsor", sponsor, limit=300)
-    elif sponsor.strip():
-        raise CampaignError("only third-party offers name a sponsor")
-    if kind is Kind.SURVEY:
-        if not survey_url.strip():
-            raise CampaignError("a survey needs its survey URL")
-        survey_url = validate_survey_url(survey_url)
-    elif survey_url.strip():
-        raise CampaignError("only surveys carry a survey URL")
-    other = find(session, new_name)
+    fields = checked_fields(
+        kind,
+        name=new_name,
+        subject=subject,
+        body=body,
+        template=template,
+        sponsor=sponsor,
+        survey_url=survey_url,
+        preheader=preheader,
+        sender=sender,
+    )
+    other = find(session, fields["name"])
     if other is not None and other.id != campaign.id:
-        raise CampaignError(f"a campaign named {new_name!r} exists already")
-    campaign.kind = kind.value
-    campaign.name = new_name
-    campaign.subject = subject
-    campaign.preheader = preheader
-    campaign.body = body
-    campaign.template = template.strip()
-    campaign.sponsor = sponsor
-    campaign.survey_url = survey_url
-    campaign.sender = sender
+        raise CampaignError(f"a campaign named {fields['name']!r} exists already")
+    for key, value in fields.items():
+        setattr(campaign, key, value)
     campaign.updated_at = utcnow()
     session.add(campaign)
     session.flush()

@@ -52,10 +52,12 @@ class AppMeta(SQLModel, table=True):
 
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
+    # (purpose, country, suppressed): segment counts read the index alone (bench figures
+    # in the segments notes: 90 → 9 ms for purpose + country on a million contacts).
     __table_args__ = (
-        Index("ix_contacts_promotional_country", "promotional", "country"),
-        Index("ix_contacts_research_country", "research", "country"),
-        Index("ix_contacts_third_party_country", "third_party", "country"),
+        Index("ix_contacts_promotional_country", "promotional", "country", "suppressed"),
+        Index("ix_contacts_research_country", "research", "country", "suppressed"),
+        Index("ix_contacts_third_party_country", "third_party", "country", "suppressed"),
         Index("ix_contacts_city", "city"),
         Index("ix_contacts_created_at", "created_at"),
         # Never reuse the id of an erased contact: tokens in old messages name it.

@@ -77,11 +77,17 @@ def upgrade() -> None:
         batch_op.create_index("ix_contacts_city", ["city"], unique=False)
         batch_op.create_index("ix_contacts_created_at", ["created_at"], unique=False)
         batch_op.create_index(
-            "ix_contacts_promotional_country", ["promotional", "country"], unique=False
+            "ix_contacts_promotional_country",
+            ["promotional", "country", "suppressed"],
+            unique=False,
         )
-        batch_op.create_index("ix_contacts_research_country", ["research", "country"], unique=False)
         batch_op.create_index(
-            "ix_contacts_third_party_country", ["third_party", "country"], unique=False
+            "ix_contacts_research_country", ["research", "country", "suppressed"], unique=False
+        )
+        batch_op.create_index(
+            "ix_contacts_third_party_country",
+            ["third_party", "country", "suppressed"],
+            unique=False,
         )
 
     op.create_table(
