@@ -196,7 +196,10 @@ def _aware_utc(value: Any, what: str) -> datetime | None:
         raise SegmentError(f"{what} must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
         raise SegmentError(f"{what} must carry a time zone")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise SegmentError(f"{what} is out of range: {value.isoformat()}") from None
 
 
 def _texts(values: Any, what: str) -> list[str]:
