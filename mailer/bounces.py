@@ -65,7 +65,8 @@ _Make = Callable[..., Verdict]  # builds a Verdict with the tokens already found
 _FLAGS = re.IGNORECASE | re.ASCII
 _TOKEN_ADDRESS = re.compile(r"(?<![\w.%+-])(bounces|unsubscribe)\+([a-z2-7]{1,50})@", _FLAGS)
 _URL_TOKEN = re.compile(r"/u/([a-z2-7]{1,50})(?![a-z0-9])", _FLAGS)
-_BARE_TOKEN = re.compile(r"[a-z2-7]{1,50}", _FLAGS)
+# An ENVID that is a token itself; real tokens are 24+ characters, so "NONE" is not one.
+_BARE_TOKEN = re.compile(r"[a-z2-7]{20,50}", _FLAGS)
 _LIST_UNSUBSCRIBE_LINE = re.compile(
     r"^List-Unsubscribe:[ \t]*(.{0,2000}(?:\n[ \t].{0,2000}){0,5})", _FLAGS | re.MULTILINE
 )
@@ -79,7 +80,7 @@ _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)", re
 # A basic reply code where an SMTP reply is quoted: at a line start, after "said:" and the
 # like, or followed by an enhanced code. "500 MB" in prose is not one.
 _REPLY = re.compile(
-    r"(?:^[ \t>'\"(]*|(?:said|error|reply|replied|response|returned)\s*:?\s*['\"]?|#)"
+    r"(?:^[ \t>'\"(]*|(?:said|error|reply|replied|response|returned)\s{0,20}:?\s{0,20}['\"]?|#)"
     r"([45][0-5]\d)(?=[ -]|$)|(?<![\w.])([45][0-5]\d)[ -](?=[245]\.\d)",
     _FLAGS | re.MULTILINE,
 )
@@ -459,7 +460,9 @@ def _classify(raw: bytes) -> Verdict:
         found = _from_dsn(scan)
         if found is not None:
             kind, recipients, status, diagnostic, reason = found
-            recipients += _text_recipients(scan) + _original_recipients(scan)
+            # Text addresses only when the report names none: its text may also list
+            # recipients that were delivered.
+            recipients = recipients or _text_recipients(scan) + _original_recipients(scan)
             return verdict(kind, recipients, status=status, diagnostic=diagnostic, reason=reason)
     if scan.arf or scan.report_type == "feedback-report":
         return _from_arf(scan, verdict)
@@ -552,8 +555,7 @@ def _from_arf(scan: _Scan, verdict: _Make) -> Verdict:
 
 
 def _auto_reply(headers: dict[str, list[str]], subject: str, bounce_like: bool, to_us: bool) -> str:
-    """Why this is an auto-reply, or "". Bounce notices carry Auto-Submitted too (Exim), and
-    a mail client may mark the unsubscribe mail it generates auto-generated: neither counts."""
+    """Why this is an auto-reply, or ""."""
     if _first(headers, "x-autoreply").lower() not in ("", "no", "false", "0"):
         return "X-Autoreply"
     if "x-autorespond" in headers:
@@ -610,7 +612,7 @@ def _from_text(scan: _Scan, subject: str, verdict: _Make) -> Verdict:
         )
     if hard_status or hard_reply:
         found = hard_status or hard_reply
-        code = status(hard_status) or (hard_reply.group(1) or hard_reply.group(2))
+        code = status(hard_status) or found.group(1) or found.group(2)
         return verdict(
             Kind.HARD_BOUNCE,
             recipients,

@@ -168,11 +168,13 @@ def dsn(*recipients: tuple[str, str, str], to: str = f"bounces+{BOUNCE_TOKEN}@r.
         f"Final-Recipient: rfc822; {address}\nAction: {action}\nStatus: {status}\n"
         for address, action, status in recipients
     )
+    # The text lists every recipient, delivered or not, as Postfix does.
+    lines = "\n".join(f"<{address}>: {action}" for address, action, _ in recipients)
     return (
         f"From: MAILER-DAEMON@mx.example\nTo: {to}\nSubject: Delivery report\n"
         "MIME-Version: 1.0\n"
         'Content-Type: multipart/report; report-type=delivery-status; boundary="b"\n\n'
-        "--b\nContent-Type: text/plain\n\nA report.\n\n"
+        f"--b\nContent-Type: text/plain\n\nThe mail system\n\n{lines}\n\n"
         "--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example\n\n"
         f"{blocks}\n--b--\n"
     ).encode()
@@ -204,6 +206,13 @@ def test_the_worst_recipient_of_a_dsn_wins() -> None:
     )
     assert verdict.kind == Kind.HARD_BOUNCE and verdict.status == "5.1.1"
     assert verdict.recipients == ("gone@example.org",)
+
+
+def test_an_envelope_id_that_is_a_token_is_a_candidate() -> None:
+    raw = dsn(("a@example.org", "failed", "5.1.1"), to="bounces@r.example")
+    raw = raw.replace(b"Reporting-MTA", f"Original-Envelope-Id: {BOUNCE_TOKEN}\nX-A".encode())
+    assert classify(raw).bounce_tokens == (BOUNCE_TOKEN,)
+    assert classify(raw.replace(BOUNCE_TOKEN.encode(), b"NONE")).bounce_tokens == ()
 
 
 def test_tokens_are_lower_cased_and_the_delivery_address_comes_first() -> None:
@@ -327,6 +336,10 @@ def test_huge_input_is_bounded() -> None:
         ('Content-Type: multipart/mixed; boundary="b"\n\n' + parts).encode(),
         b"To: " + b"a" * 3_000_000 + b"@" + b"b." * 100_000 + b"\n\nhello",
         b"Content-Type: message/rfc822\n\n" * 50_000,
+        # Long runs where a careless pattern backtracks quadratically.
+        b"From: postmaster@x\nSubject: Undeliverable\n\nRemote said" + b" " * 200_000 + b"x",
+        b"Subject: Undeliverable\nContent-Type: text/html\n\n" + (b"<" + b"a" * 1999) * 90,
+        b"Subject: Undeliverable\n\n" + b"a" * 200_000 + b"@" + b"b-" * 100_000,
     ]
     for raw in huge:
         started = time.monotonic()
