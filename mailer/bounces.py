@@ -59,10 +59,10 @@ class Verdict:
 
 _Make = Callable[..., Verdict]  # builds a Verdict with the tokens already found
 
-# "=" may precede the local part: forwarders rewrite senders to SRS0=hash=tt=domain=local@.
 # re.ASCII throughout: with IGNORECASE alone, "K" (Kelvin sign) would match "k" and a
 # token could come back that is not literally in the message.
 _FLAGS = re.IGNORECASE | re.ASCII
+# "=" may precede the local part: forwarders rewrite senders to SRS0=hash=tt=domain=local@.
 _TOKEN_ADDRESS = re.compile(r"(?<![\w.%+-])(bounces|unsubscribe)\+([a-z2-7]{1,50})@", _FLAGS)
 _URL_TOKEN = re.compile(r"/u/([a-z2-7]{1,50})(?![a-z0-9])", _FLAGS)
 # An ENVID that is a token itself; real tokens are 24+ characters, so "NONE" is not one.
@@ -535,7 +535,7 @@ def _from_dsn(scan: _Scan) -> tuple[Kind, list[str], str, str, str] | None:
     rows = [row for row in rows if _SEVERITY[row[0]] == worst]
     kind, _, status, action, diagnostic = rows[0]
     recipients = [a for row in rows for a in row[1]]
-    reason = f"DSN Action: {action or 'none'}, {status or 'no status'}"
+    reason = f"DSN Action: {_one_line(action, 40) or 'none'}, {status or 'no status'}"
     return kind, recipients, status, _one_line(re.sub(r"^[\w-]+;\s*", "", diagnostic)), reason
 
 

@@ -196,6 +196,11 @@ def test_dsn_action_and_status(action: str, status: str, kind: Kind) -> None:
     assert classify(dsn(("a@example.org", action, status))).kind == kind
 
 
+def test_the_reason_stays_short_whatever_the_fields() -> None:
+    verdict = classify(dsn(("a@example.org", "failed" + "x" * 5000, "5.1.1")))
+    assert verdict.kind == Kind.HARD_BOUNCE and len(verdict.reason) < 80
+
+
 def test_the_worst_recipient_of_a_dsn_wins() -> None:
     verdict = classify(
         dsn(
