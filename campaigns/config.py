@@ -92,6 +92,8 @@ def _convert(name: str, value: object) -> object:
         raise ConfigError(f"configuration key {name!r} has a bad value: {value!r}") from exc
     if name in {"send_rate", "smtp_connections", "retry_delay", "retry_wait"} and result < 0:  # type: ignore[operator]
         raise ConfigError(f"configuration key {name!r} must not be negative")
+    if name in {"soft_bounce_limit", "soft_bounce_days", "max_attempts"} and result < 1:  # type: ignore[operator]
+        raise ConfigError(f"configuration key {name!r} must be at least 1")
     return result
 
 

@@ -127,6 +127,30 @@ class Suppression(SQLModel, table=True):
     source: str = Field(default="", max_length=300)
     created_at: datetime = _ts(default_factory=utcnow)
     campaign_id: int | None = Field(default=None, index=True)
+    # The delivery whose bounce or complaint caused it, when one did.
+    delivery_id: int | None = None
+
+
+class ReturnEvent(SQLModel, table=True):
+    """Something that came back to the return mailbox and had an effect (issue 6).
+
+    One row per returned message: the hash of its bytes is unique, so a message read
+    twice (a second run, a crash before the mailbox was marked) changes nothing more.
+    The address is kept as the same keyed hash as suppressions, never in clear.
+    """
+
+    __tablename__ = "return_events"
+    __table_args__ = (Index("ix_return_events_address", "address_hash", "kind", "occurred_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    message_hash: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
+    # hard_bounce, soft_bounce, complaint, mailto
+    kind: str = Field(max_length=20)
+    address_hash: str = Field(max_length=64)
+    status: str = Field(default="", max_length=20)
+    occurred_at: datetime = _ts(default_factory=utcnow)
+    campaign_id: int | None = Field(default=None, index=True)
+    delivery_id: int | None = None
 
 
 class Campaign(SQLModel, table=True):

@@ -38,6 +38,7 @@ def suppress(
     *,
     source: str = "",
     campaign_id: int | None = None,
+    delivery_id: int | None = None,
 ) -> bool:
     """Suppress an address (and its contact, if any); True if anything changed."""
     reason = SuppressionReason(reason)
@@ -46,12 +47,20 @@ def suppress(
     changed = False
     if row is None:
         session.add(
-            Suppression(address_hash=digest, reason=reason, source=source, campaign_id=campaign_id)
+            Suppression(
+                address_hash=digest,
+                reason=reason,
+                source=source,
+                campaign_id=campaign_id,
+                delivery_id=delivery_id,
+            )
         )
         changed = True
     elif _RANK[reason] > _RANK[SuppressionReason(row.reason)]:
         row.reason = reason
         row.source = source
+        if campaign_id is not None:  # an erasure keeps the campaign the bounce came from
+            row.campaign_id, row.delivery_id = campaign_id, delivery_id
         session.add(row)
         changed = True
     current = row.reason if row is not None else reason

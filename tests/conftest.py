@@ -21,7 +21,15 @@ from campaigns.db import make_engine, upgrade
 
 PG_URL = os.environ.get("CAMPAIGNS_TEST_POSTGRES_URL", "")
 # Tables emptied between hypothesis examples, children first.
-TABLES = ("deliveries", "consent_events", "contact_tags", "suppressions", "contacts", "campaigns")
+TABLES = (
+    "return_events",
+    "deliveries",
+    "consent_events",
+    "contact_tags",
+    "suppressions",
+    "contacts",
+    "campaigns",
+)
 
 
 @dataclass

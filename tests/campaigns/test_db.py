@@ -72,3 +72,30 @@ def test_sqlite_runs_in_wal_mode(tmp_path) -> None:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+def test_upgrade_from_the_first_release_keeps_everything(db_url: str) -> None:
+    """A database made by schema 0001 (the first release) upgrades without loss."""
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(dbmod.MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO suppressions (address_hash, reason, source, created_at) "
+                "VALUES ('h1', 'hard_bounce', 'bounce', CURRENT_TIMESTAMP)"
+            )
+        )
+    assert current_revision(engine) == "0001"
+    assert upgrade(engine) == ("0001", SCHEMA_HEAD)
+    with engine.connect() as conn:
+        row = conn.execute(text("SELECT reason, delivery_id FROM suppressions")).one()
+        assert tuple(row) == ("hard_bounce", None)
+        assert "return_events" in inspect(conn).get_table_names()
+    engine.dispose()
