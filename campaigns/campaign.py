@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import func
 from sqlmodel import Session, col, select
 
+from campaigns import returns
 from campaigns.models import Campaign, ConsentEvent, Delivery, Suppression, utcnow
 from campaigns.purposes import Kind
 
@@ -187,8 +188,13 @@ class Counts:
     failed: int = 0
     skipped: int = 0
     in_doubt: int = 0
+    # People who withdrew a consent through this campaign (page, one-click, mailto).
     unsubscribes: int = 0
     suppressions: int = 0
+    # What came back to the return mailbox (campaigns inbox process).
+    hard_bounces: int = 0
+    soft_bounces: int = 0
+    complaints: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -201,19 +207,26 @@ def counts(session: Session, campaign_id: int) -> Counts:
         .group_by(Delivery.status)
     ).all()
     by_status = {status: n for status, n in rows}
+    # People, not events: "stop everything" is one person withdrawing three purposes.
     unsubscribes = session.exec(
-        select(func.count())
-        .select_from(ConsentEvent)
-        .where(ConsentEvent.campaign_id == campaign_id, col(ConsentEvent.granted).is_(False))
+        select(func.count(func.distinct(ConsentEvent.contact_id))).where(
+            ConsentEvent.campaign_id == campaign_id,
+            col(ConsentEvent.granted).is_(False),
+            ConsentEvent.source != "complaint",
+        )
     ).one()
     suppressions = session.exec(
         select(func.count()).select_from(Suppression).where(Suppression.campaign_id == campaign_id)
     ).one()
     known = {"pending", "claimed", "sending", "sent", "failed", "skipped", "in_doubt"}
+    returned = returns.counts_for_campaign(session, campaign_id)
     return Counts(
         total=sum(by_status.values()),
         unsubscribes=unsubscribes,
         suppressions=suppressions,
+        hard_bounces=returned["hard_bounce"],
+        soft_bounces=returned["soft_bounce"],
+        complaints=returned["complaint"],
         **{k: v for k, v in by_status.items() if k in known},
     )
 

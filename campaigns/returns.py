@@ -1,0 +1,237 @@
+"""What came back to the return mailbox, and its effect (DESIGN.md §2, §4; issue 6).
+
+The mailer reads and understands the messages; this module applies one: a hard bounce
+suppresses the address, soft bounces suppress it once `limit` fall within `days`, a
+complaint withdraws every purpose and suppresses, a mailto unsubscribe withdraws the
+campaign's purpose. Every effect is written with the delivery it belongs to, in one
+transaction with a `ReturnEvent` whose unique message hash makes a second reading of the
+same message change nothing.
+
+A returned message names its delivery by a signed token (verified by the caller) or, when
+the token is missing or mangled, by the failed recipient's address. An address alone is
+trusted only when we really sent that person a campaign: a forged report naming someone
+we never mailed suppresses nobody.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from sqlalchemy import func
+from sqlmodel import Session, col, select
+
+from campaigns import addresses, consent, suppression
+from campaigns.models import Campaign, Contact, Delivery, ReturnEvent, utcnow
+from campaigns.purposes import Kind, Purpose, SuppressionReason
+
+# Deliveries whose message left us: only these can bounce or be complained about.
+_LEFT_US = ("sent", "in_doubt")
+
+
+class Effect(StrEnum):
+    HARD_BOUNCE = "hard_bounce"
+    SOFT_BOUNCE = "soft_bounce"
+    COMPLAINT = "complaint"
+    MAILTO = "mailto"
+
+
+# The source written on consent events and suppressions (DESIGN.md §2).
+SOURCE = {
+    Effect.HARD_BOUNCE: "bounce",
+    Effect.SOFT_BOUNCE: "bounce",
+    Effect.COMPLAINT: "complaint",
+    Effect.MAILTO: "mailto",
+}
+
+
+@dataclass(frozen=True)
+class Returned:
+    """One understood message: what it is and what names its delivery."""
+
+    effect: Effect
+    message_hash: str
+    # From a verified token: the contact and campaign it was signed for.
+    contact_id: int | None = None
+    campaign_id: int | None = None
+    # Fallback when no token verifies: the failed or complained-about addresses.
+    addresses: tuple[str, ...] = ()
+    status: str = ""
+
+
+@dataclass(frozen=True)
+class Policy:
+    policy_version: str
+    soft_bounce_limit: int = 3
+    soft_bounce_days: int = 14
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying a message did; `matched` is False when it names nobody we mailed."""
+
+    matched: bool
+    duplicate: bool = False
+    suppressed: bool = False
+    withdrawn: int = 0
+    campaign_id: int | None = None
+    note: str = ""
+
+
+def _delivery_for_token(
+    session: Session, contact_id: int, campaign_id: int
+) -> tuple[Contact, Delivery] | None:
+    row = session.exec(
+        select(Contact, Delivery)
+        .join(Delivery, col(Delivery.contact_id) == Contact.id)
+        .where(Contact.id == contact_id, Delivery.campaign_id == campaign_id)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def _delivery_for_address(session: Session, address: str) -> tuple[Contact, Delivery] | None:
+    """The newest delivery that left us for this address (compared without case)."""
+    key = addresses.key(addresses.normalise(address))
+    row = session.exec(
+        select(Contact, Delivery)
+        .join(Delivery, col(Delivery.contact_id) == Contact.id)
+        .where(Contact.email_key == key, col(Delivery.status).in_(_LEFT_US))
+        .order_by(col(Delivery.id).desc())
+        .limit(1)
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+def find_target(session: Session, item: Returned) -> tuple[Contact, Delivery] | None:
+    """The contact and delivery the message is about: the token first, then addresses."""
+    if item.contact_id is not None and item.campaign_id is not None:
+        found = _delivery_for_token(session, item.contact_id, item.campaign_id)
+        if found is not None:
+            return found
+    if item.effect is Effect.MAILTO:
+        # Anyone can write to the unsubscribe address with any From: only a token counts.
+        return None
+    for address in item.addresses:
+        if addresses.is_valid(addresses.normalise(address)):
+            found = _delivery_for_address(session, address)
+            if found is not None:
+                return found
+    return None
+
+
+def already_applied(session: Session, message_hash: str) -> bool:
+    return (
+        session.exec(select(ReturnEvent.id).where(ReturnEvent.message_hash == message_hash)).first()
+        is not None
+    )
+
+
+def _purpose_of(session: Session, campaign_id: int) -> Purpose | None:
+    kind = session.exec(select(Campaign.kind).where(Campaign.id == campaign_id)).first()
+    try:
+        return Kind(kind).purpose if kind else None
+    except ValueError:
+        return None
+
+
+def soft_bounces_within(session: Session, address_hash: str, days: int, now: datetime) -> int:
+    return session.exec(
+        select(func.count())
+        .select_from(ReturnEvent)
+        .where(
+            ReturnEvent.address_hash == address_hash,
+            ReturnEvent.kind == Effect.SOFT_BOUNCE.value,
+            col(ReturnEvent.occurred_at) >= now - timedelta(days=days),
+        )
+    ).one()
+
+
+def apply(session: Session, item: Returned, policy: Policy, now: datetime | None = None) -> Outcome:
+    """Apply one returned message inside the caller's transaction."""
+    now = now or utcnow()
+    if already_applied(session, item.message_hash):
+        return Outcome(matched=True, duplicate=True, note="already processed")
+    target = find_target(session, item)
+    if target is None:
+        return Outcome(matched=False, note="names no delivery of ours")
+    contact, delivery = target
+    campaign_id, delivery_id = delivery.campaign_id, delivery.id
+    source = SOURCE[item.effect]
+    address_hash = suppression.hash_for(session, contact.email)
+    session.add(
+        ReturnEvent(
+            message_hash=item.message_hash,
+            kind=item.effect.value,
+            address_hash=address_hash,
+            status=item.status[:20],
+            occurred_at=now,
+            campaign_id=campaign_id,
+            delivery_id=delivery_id,
+        )
+    )
+    session.flush()
+    withdrawn = 0
+    suppressed = False
+    note = ""
+
+    def withdraw(purposes: list[Purpose]) -> None:
+        nonlocal withdrawn
+        for p in purposes:
+            event = consent.record(
+                session,
+                contact,
+                p,
+                granted=False,
+                source=source,
+                policy_version=policy.policy_version,
+                campaign_id=campaign_id,
+                delivery_id=delivery_id,
+                when=now,
+            )
+            withdrawn += event is not None
+
+    def suppress(reason: SuppressionReason) -> None:
+        nonlocal suppressed
+        suppressed = suppression.suppress(
+            session,
+            contact.email,
+            reason,
+            source=source,
+            campaign_id=campaign_id,
+            delivery_id=delivery_id,
+        )
+
+    if item.effect is Effect.HARD_BOUNCE:
+        suppress(SuppressionReason.HARD_BOUNCE)
+    elif item.effect is Effect.SOFT_BOUNCE:
+        n = soft_bounces_within(session, address_hash, policy.soft_bounce_days, now)
+        note = f"{n} soft bounce(s) in {policy.soft_bounce_days} days"
+        if n >= policy.soft_bounce_limit:
+            suppress(SuppressionReason.SOFT_BOUNCES)
+    elif item.effect is Effect.COMPLAINT:
+        withdraw(list(Purpose))
+        suppress(SuppressionReason.COMPLAINT)
+    else:
+        purpose = _purpose_of(session, campaign_id)
+        # An unreadable kind: the person asked for less mail, never more.
+        withdraw([purpose] if purpose is not None else list(Purpose))
+    return Outcome(
+        matched=True,
+        suppressed=suppressed,
+        withdrawn=withdrawn,
+        campaign_id=campaign_id,
+        note=note,
+    )
+
+
+def counts_for_campaign(session: Session, campaign_id: int) -> dict[str, int]:
+    """Aggregate: how many bounces, complaints and mailto unsubscribes it brought back."""
+    got = {e.value: 0 for e in Effect}
+    for kind, n in session.exec(
+        select(ReturnEvent.kind, func.count())
+        .where(ReturnEvent.campaign_id == campaign_id)
+        .group_by(col(ReturnEvent.kind))
+    ):
+        got[kind] = n
+    return got
