@@ -57,6 +57,10 @@ class App:
         return session_scope(self.engine)
 
 
+def plural(n: int, word: str, many: str = "") -> str:
+    return f"{n:,} {word if n == 1 else many or word + 's'}"
+
+
 def out(data: Any, as_json: bool, text: Callable[[], str]) -> None:
     if as_json:
         print(json.dumps(data, indent=2, ensure_ascii=False, default=str))
@@ -500,6 +504,45 @@ def cmd_send_due(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inbox_process(app: App, args: argparse.Namespace) -> int:
+    from mailer.inbox import WORDS, InboxNotConfigured, process_inbox
+    from mailer.mailbox import InboxUrlError, MailboxError
+
+    try:
+        report = process_inbox(app.settings, app.engine)
+    except (InboxNotConfigured, InboxUrlError) as exc:
+        raise UsageError(str(exc)) from exc
+    except MailboxError as exc:
+        raise Failure(str(exc)) from exc
+
+    def text() -> str:
+        if not report.read:
+            return "the return mailbox holds nothing new"
+        done = [
+            plural(report.applied[effect.value], words)
+            for effect, words in WORDS.items()
+            if report.applied[effect.value]
+        ]
+        lines = [f"read {plural(report.read, 'message')}: " + (", ".join(done) or "no effect")]
+        if report.suppressed or report.withdrawn:
+            lines.append(
+                f"{plural(report.suppressed, 'address', 'addresses')} suppressed, "
+                f"{plural(report.withdrawn, 'consent')} withdrawn"
+            )
+        if report.ignored:
+            ignored = plural(report.ignored, "auto-reply or notice", "auto-replies or notices")
+            lines.append(f"{ignored} ignored")
+        if report.duplicates:
+            lines.append(f"{plural(report.duplicates, 'message')} already processed")
+        if report.kept:
+            lines.append(f"kept and flagged for a human: {len(report.kept)}")
+            lines += [f"  {key}: {why}" for key, why in report.kept]
+        return "\n".join(lines)
+
+    out(report.as_dict(), args.json, text)
+    return 0
+
+
 def cmd_serve(app: App, args: argparse.Namespace) -> int:
     from mailer.web import run_server
 
@@ -648,6 +691,14 @@ def build_parser() -> Parser:
     c.add_argument("--host", default="127.0.0.1")
     c.add_argument("--port", type=int, default=8080)
     cmd(sub, "send-due", cmd_send_due, "for cron: send scheduled campaigns that are due, resume")
+    inbox = sub.add_parser("inbox", help="what came back: bounces, complaints, mailto unsubscribes")
+    isub = inbox.add_subparsers(dest="subcommand", required=True, parser_class=Parser)
+    cmd(
+        isub,
+        "process",
+        cmd_inbox_process,
+        "for cron: read the return mailbox (CAMPAIGNS_INBOX_URL) once and apply what came back",
+    )
 
     dbp = sub.add_parser("db", help="database maintenance")
     dsub = dbp.add_subparsers(dest="subcommand", required=True, parser_class=Parser)

@@ -121,7 +121,7 @@ class ReportScreen(BaseScreen):
 
         c = r.counts
         counts = Text()
-        started = bool(c.total or c.unsubscribes or c.suppressions)
+        started = bool(c.total or c.unsubscribes or c.suppressions or c.hard_bounces)
         self.query_one("#report-reasons").display = started
         if not started:
             if r.audience_now is not None:
@@ -150,7 +150,14 @@ class ReportScreen(BaseScreen):
         )
         counts.append("\n")
         counts.append_text(
-            _figures([(c.suppressions, "suppressed after a bounce or complaint", "red")])
+            _figures(
+                [
+                    (c.hard_bounces, "bounced", "red"),
+                    (c.soft_bounces, "soft-bounced", "yellow"),
+                    (c.complaints, "complained", "red"),
+                    (c.suppressions, "suppressed", "red"),
+                ]
+            )
         )
         self.query_one("#report-counts", Static).update(counts)
         self.query_one("#report-failures", ReasonTable).show(r.failures)

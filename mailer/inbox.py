@@ -1,0 +1,163 @@
+"""`campaigns inbox process`: read the return mailbox once and apply what came back.
+
+Each message is classified (`mailer.bounces`), tied to its delivery by a verified token
+(VERP `bounces+<token>@`, the mailto `unsubscribe+<token>@`, or the unsubscribe URL inside
+a complaint's copy of our message) or by the failed address, and applied by
+`campaigns.returns` in one transaction. Only after that transaction commits is the
+message marked in the mailbox; should the run die in between, the next run reads it
+again and the unique message hash makes it a no-op. Nothing is ever deleted: what cannot
+be understood, or names nobody we mailed, is kept, flagged and reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from campaigns.config import Settings
+from campaigns.db import session_scope
+from campaigns.reports import anonymous_reason
+from campaigns.returns import Effect, Outcome, Policy, Returned, apply
+from mailer.bounces import Kind, Verdict, classify
+from mailer.mailbox import Mailbox, open_mailbox
+from mailer.tokens import TokenKind, TokenSigner, signer_from_settings
+
+_EFFECTS = {
+    Kind.HARD_BOUNCE: Effect.HARD_BOUNCE,
+    Kind.SOFT_BOUNCE: Effect.SOFT_BOUNCE,
+    Kind.COMPLAINT: Effect.COMPLAINT,
+    Kind.UNSUBSCRIBE: Effect.MAILTO,
+}
+WORDS = {
+    Effect.HARD_BOUNCE: "hard bounce",
+    Effect.SOFT_BOUNCE: "soft bounce",
+    Effect.COMPLAINT: "complaint",
+    Effect.MAILTO: "mailto unsubscribe",
+}
+
+
+class InboxNotConfigured(Exception):
+    """No return mailbox is configured; the message is one line for the user."""
+
+
+@dataclass
+class InboxReport:
+    """What one run did; aggregate, with kept messages named by mailbox key only."""
+
+    read: int = 0
+    applied: dict[str, int] = field(default_factory=lambda: {e.value: 0 for e in Effect})
+    suppressed: int = 0
+    withdrawn: int = 0
+    ignored: int = 0
+    duplicates: int = 0
+    # (mailbox key, why it was kept for a human)
+    kept: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "read": self.read,
+            **self.applied,
+            "suppressed": self.suppressed,
+            "withdrawn": self.withdrawn,
+            "ignored": self.ignored,
+            "duplicates": self.duplicates,
+            "kept": [{"key": k, "reason": r} for k, r in self.kept],
+        }
+
+
+def _verified(
+    signer: TokenSigner, verdict: Verdict, effect: Effect
+) -> tuple[int, int] | tuple[None, None]:
+    """The (contact, campaign) of the first token that verifies, best evidence first."""
+    candidates: list[tuple[TokenKind, str]] = []
+    if effect is not Effect.MAILTO:
+        candidates += [(TokenKind.BOUNCE, t) for t in verdict.bounce_tokens]
+    candidates += [(TokenKind.UNSUBSCRIBE, t) for t in verdict.unsubscribe_tokens]
+    for kind, token in candidates:
+        ids = signer.verify(kind, token)
+        if ids is not None:
+            return ids
+    return None, None
+
+
+def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, Returned | None]:
+    """Classify a message; for one with an effect, what `campaigns.returns` needs."""
+    verdict = classify(raw)
+    effect = _EFFECTS.get(verdict.kind)
+    if effect is None:
+        return verdict, None
+    contact_id, campaign_id = _verified(signer, verdict, effect)
+    return verdict, Returned(
+        effect=effect,
+        message_hash=hashlib.sha256(raw).hexdigest(),
+        contact_id=contact_id,
+        campaign_id=campaign_id,
+        addresses=verdict.recipients if effect is not Effect.MAILTO else (),
+        status=verdict.status,
+    )
+
+
+def _apply(engine: Engine, item: Returned, policy: Policy) -> Outcome:
+    try:
+        with session_scope(engine) as session:
+            return apply(session, item, policy)
+    except IntegrityError:
+        # Another run applied the same message between our check and our insert.
+        return Outcome(matched=True, duplicate=True, note="already processed")
+
+
+def process(
+    box: Mailbox,
+    engine: Engine,
+    signer: TokenSigner,
+    policy: Policy,
+    on_message: Callable[[InboxReport], None] | None = None,
+) -> InboxReport:
+    report = InboxReport()
+    for key, raw in box.unprocessed():
+        report.read += 1
+        verdict, item = understand(raw, signer)
+        if verdict.kind in (Kind.AUTO_REPLY, Kind.IGNORED):
+            report.ignored += 1
+            box.mark_processed(key)
+        elif item is None:
+            why = anonymous_reason(verdict.reason) if verdict.reason else ""
+            report.kept.append((key, f"not understood{': ' + why if why else ''}"))
+            box.mark_unknown(key)
+        else:
+            outcome = _apply(engine, item, policy)
+            if outcome.duplicate:
+                report.duplicates += 1
+                box.mark_processed(key)
+            elif not outcome.matched:
+                report.kept.append((key, f"{WORDS[item.effect]} naming no delivery of ours"))
+                box.mark_unknown(key)
+            else:
+                report.applied[item.effect.value] += 1
+                report.suppressed += outcome.suppressed
+                report.withdrawn += outcome.withdrawn
+                box.mark_processed(key)
+        if on_message is not None:
+            on_message(report)
+    return report
+
+
+def process_inbox(settings: Settings, engine: Engine) -> InboxReport:
+    """One run over the configured return mailbox (CAMPAIGNS_INBOX_URL)."""
+    if not settings.inbox_url:
+        raise InboxNotConfigured(
+            "no return mailbox: set CAMPAIGNS_INBOX_URL "
+            "(maildir:///path or imaps://user:pass@host/INBOX)"
+        )
+    policy = Policy(
+        policy_version=settings.policy_version,
+        soft_bounce_limit=settings.soft_bounce_limit,
+        soft_bounce_days=settings.soft_bounce_days,
+    )
+    signer = signer_from_settings(settings)
+    with open_mailbox(settings.inbox_url) as box:
+        return process(box, engine, signer, policy)
