@@ -160,6 +160,37 @@ def cancel(session: Session, name: str) -> Campaign:
     return campaign
 
 
+def pause(session: Session, name: str) -> Campaign:
+    """Stop a running send for now: workers finish the messages in flight and stop.
+
+    Nothing is lost: the rest stays queued until `resume` (or `campaign send`).
+    """
+    campaign = get(session, name)
+    if campaign.status != SENDING:
+        raise CampaignError(
+            f"campaign {campaign.name!r} is {campaign.status}; only a sending one can be paused"
+        )
+    return _set_status(session, campaign, PAUSED)
+
+
+def resume(session: Session, name: str) -> Campaign:
+    """Let a paused send go on: the next `send-due` (or `campaign send`) continues it."""
+    campaign = get(session, name)
+    if campaign.status != PAUSED:
+        raise CampaignError(
+            f"campaign {campaign.name!r} is {campaign.status}; only a paused one can be resumed"
+        )
+    return _set_status(session, campaign, SENDING)
+
+
+def _set_status(session: Session, campaign: Campaign, status: str) -> Campaign:
+    campaign.status = status
+    campaign.updated_at = utcnow()
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
 def schedule(session: Session, name: str, when: datetime) -> Campaign:
     if when.tzinfo is None:
         raise ValueError("schedule time must be timezone-aware")

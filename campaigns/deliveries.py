@@ -130,6 +130,8 @@ class ClaimResult:
     skipped: int
     # False once the campaign is paused, cancelled or finished.
     active: bool
+    # The campaign's status when it is no longer active (why the claim stopped).
+    status: str = SENDING
 
 
 def claim(
@@ -147,7 +149,8 @@ def claim(
             select(K.c.kind).where(K.c.id == campaign_id, K.c.status == SENDING)
         ).scalar()
         if purpose is None:  # paused, cancelled or finished meanwhile
-            return ClaimResult([], 0, active=False)
+            status = conn.execute(select(K.c.status).where(K.c.id == campaign_id)).scalar()
+            return ClaimResult([], 0, active=False, status=status or "deleted")
         state_col = C.c[Kind(purpose).purpose.value]
         event_col = C.c[f"{Kind(purpose).purpose.value}_event_id"]
         picked = (

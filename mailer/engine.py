@@ -233,7 +233,8 @@ class SendEngine:
                 report.skipped += got.skipped
                 self._notify(report)
             if not got.active:
-                report.stopped = "campaign paused or cancelled"
+                if got.status in ("paused", "cancelled"):
+                    report.stopped = f"campaign {got.status}"
                 return
             for c in got.ready:
                 r = Recipient(c.contact_id, c.email, c.name, c.attributes)

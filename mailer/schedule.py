@@ -65,10 +65,12 @@ def send_now(
     progress: ProgressCallback | None = None,
     worker: str | None = None,
 ) -> RunReport:
-    """Start a draft or scheduled campaign at once (or resume a sending one) and run it."""
+    """Start a draft or scheduled campaign at once (or resume a sending or paused one)."""
     engine = SendEngine(settings, db, worker=worker, progress=progress)
     with session_scope(db) as s:
         campaign = campaigns_store.get(s, name)
+        if campaign.status == campaigns_store.PAUSED:
+            campaign = campaigns_store.resume(s, name)  # sending it again goes on from there
         if campaign.status not in {
             campaigns_store.DRAFT,
             campaigns_store.SCHEDULED,

@@ -21,7 +21,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.notifications import SeverityLevel
 from textual.screen import Screen
 
-from campaigns.campaign import DRAFT, SCHEDULED, SENDING
+from campaigns.campaign import DRAFT, PAUSED, SCHEDULED, SENDING
 from campaigns.config import Settings
 from tui.messages import SendFinished, SendProgress
 from tui.screens.audience import AudienceScreen
@@ -70,6 +70,7 @@ class CampaignCommands(Provider):
         ("Test send", "test_send", "Send a marked test copy to typed-in addresses"),
         ("Send now", "send", "Send to everyone eligible, after a confirmation"),
         ("Schedule", "schedule", "Send at a date and time"),
+        ("Pause", "pause_campaign", "Stop a running send for now; Send now goes on"),
         ("Cancel", "cancel_campaign", "Stop it from being sent"),
     )
 
@@ -211,6 +212,17 @@ class CampaignsApp(Background, App[int]):
 
         self.push_screen(ConfirmScreen("Cancel campaign", question, yes="Cancel it"), answered)
 
+    def pause_campaign(self, name: str) -> None:
+        # No question: a pause loses nothing and Send now goes on from there.
+        self.in_background(
+            lambda: self.services.pause(name),
+            lambda c: self.notify(
+                f"{c.name!r} is paused: messages in flight finish; Send now goes on",
+                title="Paused",
+            ),
+            what="pause the campaign",
+        )
+
     def send(self, name: str) -> None:
         if name in self.sends:
             self._show_progress(name, None)
@@ -220,13 +232,15 @@ class CampaignsApp(Background, App[int]):
         )
 
     def _ask_send(self, q: SendQuestion) -> None:
-        if q.status not in {DRAFT, SCHEDULED, SENDING}:
+        if q.status not in {DRAFT, SCHEDULED, SENDING, PAUSED}:
             self.notify(
                 f"{q.name!r} is {q.status}; it cannot be sent", title="Not sent", severity="error"
             )
             return
         if q.status == SENDING:
             question = f"{q.name!r} was interrupted while sending. Send the rest now?"
+        elif q.status == PAUSED:
+            question = f"{q.name!r} is paused. Send the rest now?"
         elif q.count == 0:
             self.notify(
                 f"Nobody in the audience of {q.name!r} may get it now: check its audience.",

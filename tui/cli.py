@@ -320,6 +320,37 @@ def cmd_campaign_cancel(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_campaign_pause(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+
+    with app.session() as s:
+        c = campaign.pause(s, args.name)
+        data = campaign.summary(s, c)
+    out(
+        data,
+        args.json,
+        lambda: (
+            f"paused {data['name']!r}: messages in flight finish, the rest waits "
+            f"for `campaigns campaign resume {data['name']}`"
+        ),
+    )
+    return 0
+
+
+def cmd_campaign_resume(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign
+
+    with app.session() as s:
+        c = campaign.resume(s, args.name)
+        data = campaign.summary(s, c)
+    out(
+        data,
+        args.json,
+        lambda: f"resumed {data['name']!r}: the next send-due (or campaign send) goes on with it",
+    )
+    return 0
+
+
 def cmd_campaign_schedule(app: App, args: argparse.Namespace) -> int:
     from campaigns import campaign
 
@@ -685,6 +716,10 @@ def build_parser() -> Parser:
         help="send a test copy to this address (repeatable); not counted, nothing recorded",
     )
     c = cmd(ksub, "cancel", cmd_campaign_cancel, "cancel a campaign")
+    c.add_argument("name")
+    c = cmd(ksub, "pause", cmd_campaign_pause, "pause a running send (resume goes on)")
+    c.add_argument("name")
+    c = cmd(ksub, "resume", cmd_campaign_resume, "let a paused send go on")
     c.add_argument("name")
 
     c = cmd(sub, "serve", cmd_serve, "serve the unsubscribe and preference pages")

@@ -361,6 +361,10 @@ class Services:
         with session_scope(self.engine) as s:
             return campaigns_store.cancel(s, name)
 
+    def pause(self, name: str) -> Campaign:
+        with session_scope(self.engine) as s:
+            return campaigns_store.pause(s, name)
+
     def send_question(self, name: str) -> SendQuestion:
         with session_scope(self.engine) as s:
             c = campaigns_store.get(s, name)

@@ -162,3 +162,48 @@ def test_a_drop_after_the_whole_message_is_in_doubt_and_never_resent(
     with db.session() as s:
         row = s.exec(select(Delivery).where(Delivery.contact_id == people[1].id)).one()
         assert row.status == "in_doubt"
+
+
+def test_pause_mid_send_stops_then_send_goes_on_without_duplicates(
+    db: Db, inbox: tuple[Inbox, int]
+) -> None:
+    from mailer.schedule import send_due
+
+    handler, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 40)
+
+    def pause_after_three(rcpt: str) -> None:
+        if len(handler.received) == 3:
+            with db.session() as s:
+                store.pause(s, "c")
+                s.commit()
+
+    handler.on_data = pause_after_three
+    new_campaign(db, Kind.PROMOTIONAL)
+    # At 20/s the engine claims 10 at a time: what was claimed before the pause still goes.
+    conf = smtp_settings(db.settings, port, smtp_connections=1, send_rate=20)
+    report = send_now(conf, db.engine, "c")
+    assert report.stopped == "campaign paused" and not report.finished
+    got = len(handler.received)
+    assert 3 <= got <= 3 + 2 * 10 + 1
+    with db.session() as s:
+        assert store.get(s, "c").status == "paused"
+        assert store.counts(s, store.get(s, "c").id or 0).pending == 40 - got
+    # cron leaves a paused campaign alone ...
+    handler.on_data = lambda rcpt: None
+    send_due(conf, db.engine)
+    assert len(handler.received) == got
+    # ... and sending it again goes on with the rest: everyone once, nobody twice.
+    again = send_now(conf, db.engine, "c")
+    assert again.finished
+    assert handler.counts() == Counter(p.email for p in people)
+    with db.session() as s:
+        assert store.get(s, "c").status == "sent"
+        with_errors = [store.pause, store.resume]
+        for change in with_errors:
+            try:
+                change(s, "c")
+            except store.CampaignError as exc:
+                assert "is sent" in str(exc)
+            else:
+                raise AssertionError(f"{change.__name__} accepted a sent campaign")

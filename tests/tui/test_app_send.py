@@ -268,3 +268,39 @@ async def test_progress_is_live_and_the_ui_stays_responsive(env: Env) -> None:
         await settle(pilot)
         assert app.screen.done  # type: ignore[attr-defined]
         assert any("'Sale' is sent" in n for n in notifications(pilot))
+
+
+async def test_pause_from_the_progress_screen_then_send_goes_on(smtp_env: Env) -> None:
+    """A real send, slowed to 10 messages a second, paused with `p` and sent on later."""
+    for i in range(40):
+        add_contact(smtp_env.engine, f"p{i}@example.com", f"Person {i}", Purpose.PROMOTIONAL)
+    add_campaign(smtp_env.engine, "Sale")
+    smtp = smtp_env.smtp
+    assert smtp is not None
+    slow = replace(smtp_env, settings=replace(smtp_env.settings, send_rate=10))
+    app = slow.app()
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        await pilot.press("s")
+        await settle(pilot)
+        await pilot.press("y")
+        await wait_until(pilot, lambda: len(smtp.messages()) >= 2, what="the first messages")
+        assert isinstance(app.screen, ProgressScreen)
+        await pilot.press("p")
+        await wait_until(pilot, lambda: not app.sends, what="the send to stop", timeout=20)
+        await settle(pilot)
+        assert any("'Sale' is paused" in n for n in notifications(pilot))
+        assert "Paused" in str(app.screen.query_one("#progress-status").render())
+        stopped_at = len(smtp.messages())
+        assert stopped_at < 40
+        with session_scope(smtp_env.engine) as s:
+            assert campaign.get(s, "Sale").status == "paused"
+        await pilot.press("escape")
+        await settle(pilot)
+        await pilot.press("s")  # on a paused campaign: send the rest
+        await settle(pilot)
+        assert "is paused. Send the rest now?" in str(app.screen.query_one("#question").render())
+        await pilot.press("y")
+        await wait_until(pilot, lambda: not app.sends, what="the rest to be sent", timeout=30)
+    got = sorted(r for m in smtp.messages() for r in m.rcpt_tos)
+    assert got == sorted(f"p{i}@example.com" for i in range(40))

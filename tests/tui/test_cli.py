@@ -230,6 +230,28 @@ def test_campaign_list_show_schedule_cancel(cli, db: Db, tmp_path: Path) -> None
     assert code == 2 and "ISO 8601" in err
 
 
+def test_pause_and_resume(cli, db: Db, tmp_path: Path) -> None:
+    body = _body(tmp_path)
+    args = ["--kind", "promotional", "--name", "Sale", "--subject", "Sale!", "--body-file", body]
+    cli("campaign", "create", *args)
+    code, _, err = cli("campaign", "pause", "Sale")
+    assert code == 1 and "only a sending one can be paused" in err
+    _one_line_error(err)
+    with db.session() as s:
+        c = s.exec(select(Campaign)).one()
+        c.status = "sending"  # as a running send leaves it
+        s.add(c)
+        s.commit()
+    code, out, _ = cli("campaign", "pause", "Sale")
+    assert code == 0 and "paused 'Sale'" in out
+    code, out, _ = cli("campaign", "show", "Sale", "--json")
+    assert json.loads(out)["status"] == "paused"
+    code, out, _ = cli("campaign", "resume", "Sale", "--json")
+    assert code == 0 and json.loads(out)["status"] == "sending"
+    code, _, err = cli("campaign", "resume", "Sale")
+    assert code == 1 and "only a paused one can be resumed" in err
+
+
 def test_schedule_without_offset_is_local_time(cli, db: Db, tmp_path: Path) -> None:
     cli(
         "campaign",

@@ -32,7 +32,8 @@ ACTION_STATUSES: dict[str, frozenset[str]] = {
     "edit_campaign": frozenset({"draft", "scheduled"}),
     "edit_audience": frozenset({"draft", "scheduled"}),
     "schedule": frozenset({"draft", "scheduled"}),
-    "send": frozenset({"draft", "scheduled", "sending"}),
+    "send": frozenset({"draft", "scheduled", "sending", "paused"}),
+    "pause_campaign": frozenset({"sending"}),
     "cancel_campaign": frozenset({"draft", "scheduled", "sending", "paused"}),
 }
 

@@ -73,6 +73,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "Sending",
         (
             ("enter", "the report"),
+            ("p", "pause: messages in flight finish, Send now goes on later"),
             ("x", "cancel the campaign (what was sent stays sent)"),
             ("escape", "back: the send keeps going"),
         ),

@@ -35,6 +35,7 @@ def report_values(report: RunReport) -> dict[str, int]:
 class ProgressScreen(BaseScreen):
     BINDINGS = [
         Binding("enter", "report", "Report"),
+        Binding("p", "pause_campaign", "Pause"),
         Binding("x", "cancel_campaign", "Cancel campaign"),
         Binding("escape", "app.pop_screen", "Back"),
     ]
@@ -101,13 +102,19 @@ class ProgressScreen(BaseScreen):
             self.query_one("#progress-title", Static).update(f"Sent {self.campaign!r}")
             status.update("Done. Press enter for the report.")
         else:
-            status.update(
-                f"Stopped before the end: {report.stopped or 'some deliveries are still open'}. "
-                "`campaigns send-due` (cron) carries on with the rest."
-            )
+            if report.stopped == "campaign paused":
+                status.update("Paused. Send now (s on the dashboard) goes on with the rest.")
+            else:
+                status.update(
+                    f"Stopped before the end: {report.stopped or 'some deliveries are still open'}."
+                    " `campaigns send-due` (cron) carries on with the rest."
+                )
 
     def action_report(self) -> None:
         self.app.switch_screen(ReportScreen(self.campaign))
+
+    def action_pause_campaign(self) -> None:
+        self.app.pause_campaign(self.campaign)  # type: ignore[attr-defined]
 
     def action_cancel_campaign(self) -> None:
         self.app.cancel_campaign(self.campaign)  # type: ignore[attr-defined]
