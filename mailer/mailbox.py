@@ -8,9 +8,10 @@ unsubscribes arrive (DESIGN.md §3, issue 6).
 
 Query keys for IMAP: `tls=starttls|none` (imap:// only) and `timeout=SECONDS` (default 60).
 Certificates are always verified with `ssl.create_default_context()`, which honours
-SSL_CERT_FILE. Nothing is ever deleted: a handled message is marked (Maildir flag S, or
-IMAP `\\Seen $CampaignsDone`), one left for a human is flagged (F, or
-`\\Flagged $CampaignsUnknown`, and left unread), and neither is returned again.
+SSL_CERT_FILE. Nothing is ever deleted: a handled message is marked (moved to the Maildir
+subfolder `.Processed`, or IMAP `\\Seen $CampaignsDone`), one left for a human is flagged
+(moved to `.Kept` with flag F, or IMAP `\\Flagged $CampaignsUnknown`, left unread), and
+neither is returned again.
 
 `open_mailbox` only parses the URL; the folder is opened (or the server reached) on
 `with`. Errors are one line and never repeat the URL, so the password cannot leak.
@@ -39,6 +40,8 @@ DONE = "$CampaignsDone"
 UNKNOWN = "$CampaignsUnknown"
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", re.ASCII)
 _USAGE = "use maildir:///path or imaps://user:pass@host/INBOX"
+# Maildir++ subfolders (".Name" beside new/ cur/ tmp/) that marked messages move to.
+PROCESSED_FOLDER, KEPT_FOLDER = "Processed", "Kept"
 
 
 class InboxUrlError(ValueError):
@@ -242,8 +245,11 @@ def _timeout(value: str | None) -> float:
 class MaildirMailbox:
     """A Maildir as `mailbox.Maildir` lays it out: key = file name before ":2,".
 
-    Marks are a rename into cur/ with a flag added (atomic, nothing rewritten or
-    deleted). A file that vanished meanwhile (another run, a human) is skipped.
+    Every message in the folder itself (new/ and cur/, whatever its flags: a person
+    may have read it) is unprocessed. Marking moves it, with one atomic rename, into a
+    Maildir++ subfolder that mail clients show beside the inbox: `.Processed` (flag S)
+    or `.Kept` (flag F, for a human). Nothing is rewritten or deleted, and a file that
+    vanished meanwhile (another run) is skipped.
     """
 
     def __init__(self, path: Path, *, max_bytes: int) -> None:
@@ -261,34 +267,31 @@ class MaildirMailbox:
     def __exit__(self, *exc: object) -> None:
         self._where.clear()
 
-    def _scan(self) -> list[tuple[str, Path, str]]:
-        """(key, path, flags) of every message, oldest name first."""
+    def _scan(self) -> list[tuple[str, Path]]:
+        """(key, path) of every message in the folder itself, oldest name first."""
         out = []
         for sub in ("new", "cur"):
             try:
                 names = os.listdir(self.path / sub)
             except OSError as exc:
                 raise MailboxError(f"cannot read {self.path / sub}: {exc.strerror}") from None
-            for name in names:
-                if name.startswith("."):
-                    continue
-                out.append((name.partition(":")[0], self.path / sub / name, _flags(name)))
+            out += [
+                (name.partition(":")[0], self.path / sub / name)
+                for name in names
+                if not name.startswith(".")
+            ]
         out.sort(key=lambda item: item[0])
         return out
 
     def unprocessed(self) -> Iterator[tuple[str, bytes]]:
-        for key, path, flags in self._scan():
-            if not _wanted(path, flags):
-                continue
+        for key, path in self._scan():
             raw = self._read(path)
             if raw is None:
-                # Moved since the listing: by a human (new/ -> cur/, still ours if
-                # unflagged) or by another run (marked, or gone): look once more.
+                # Moved since the listing: by a human (new/ -> cur/, still ours) or by
+                # another run (into a subfolder, so gone from here): look once more.
                 path = self._find(key)
-                if path is None or not _wanted(path, _flags(path.name)):
-                    continue
-                raw = self._read(path)
-                if raw is None:
+                raw = self._read(path) if path is not None else None
+                if path is None or raw is None:
                     continue
             self._where[key] = path
             yield key, raw
@@ -303,33 +306,44 @@ class MaildirMailbox:
             raise MailboxError(f"cannot read {path}: {exc.strerror}") from None
 
     def mark_processed(self, key: str) -> None:
-        self._mark(key, add="S", drop="")
+        self._move(key, PROCESSED_FOLDER, "S")
 
     def mark_unknown(self, key: str) -> None:
         # Flagged but not seen, so it stands out, unread, to whoever looks.
-        self._mark(key, add="F", drop="S")
+        self._move(key, KEPT_FOLDER, "F")
 
-    def _mark(self, key: str, *, add: str, drop: str) -> None:
+    def _folder(self, name: str) -> Path:
+        folder = self.path / f".{name}"
+        try:
+            for sub in ("new", "cur", "tmp"):
+                (folder / sub).mkdir(parents=True, exist_ok=True)
+            (folder / "maildirfolder").touch()  # Maildir++: "this is a subfolder"
+        except OSError as exc:
+            raise MailboxError(f"cannot create {folder}: {exc.strerror}") from None
+        return folder
+
+    def _move(self, key: str, folder_name: str, flag: str) -> None:
         if not key or "/" in key or ":" in key or key.startswith("."):
             raise MailboxError(f"not a message key of this Maildir: {key!r}")
+        folder = self._folder(folder_name)
         for _attempt in range(3):
             path = self._where.get(key) or self._find(key)
             if path is None:
-                return  # vanished: nothing left to mark
-            flags = (set(_flags(path.name)) - set(drop)) | set(add)
-            target = self.path / "cur" / f"{key}:2,{''.join(sorted(flags))}"
+                return  # vanished: another run has marked it
+            flags = (set(_flags(path.name)) - {"S", "F"}) | {flag}
+            target = folder / "cur" / f"{key}:2,{''.join(sorted(flags))}"
             try:
                 os.rename(path, target)
             except FileNotFoundError:
                 self._where.pop(key, None)  # moved meanwhile: look again
                 continue
             except OSError as exc:
-                raise MailboxError(f"cannot mark {path}: {exc.strerror}") from None
-            self._where[key] = target
+                raise MailboxError(f"cannot move {path}: {exc.strerror}") from None
+            self._where.pop(key, None)
             return
 
     def _find(self, key: str) -> Path | None:
-        for found, path, _flags in self._scan():
+        for found, path in self._scan():
             if found == key:
                 return path
         return None
@@ -339,11 +353,6 @@ def _flags(name: str) -> str:
     """The flags of a Maildir file name ("key:2,FS"); experimental "1," info has none."""
     _, sep, info = name.partition(":")
     return info[2:] if sep and info.startswith("2,") else ""
-
-
-def _wanted(path: Path, flags: str) -> bool:
-    """Unprocessed: anything in new/, or in cur/ neither seen (S) nor flagged (F)."""
-    return path.parent.name == "new" or not ("S" in flags or "F" in flags)
 
 
 # --- IMAP --------------------------------------------------------------------------------

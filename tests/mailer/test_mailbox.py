@@ -60,39 +60,49 @@ def add(path: Path, raw: bytes, *, subdir: str = "new", flags: str = "") -> str:
 
 
 def files(path: Path) -> dict[str, str]:
-    """key -> "subdir:flags" of every file in the Maildir."""
+    """key -> "folder/subdir:flags" of every file in the Maildir and its subfolders."""
     out = {}
-    for sub in ("new", "cur"):
-        for f in (path / sub).iterdir():
-            key, _, info = f.name.partition(":")
-            out[key] = f"{sub}:{info[2:]}"
+    for folder in [path, *sorted(path.glob(".*"))]:
+        for sub in ("new", "cur"):
+            for f in (folder / sub).iterdir():
+                key, _, info = f.name.partition(":")
+                where = sub if folder == path else f"{folder.name}/{sub}"
+                out[key] = f"{where}:{info[2:]}"
     return out
 
 
-def test_maildir_returns_each_new_message_once_and_never_deletes(maildir: Path) -> None:
+def test_maildir_returns_each_message_once_and_never_deletes(maildir: Path) -> None:
     fresh = add(maildir, message(1))
     read_unflagged = add(maildir, message(2), subdir="cur", flags="R")
     odd = add(maildir, message(3))
-    add(maildir, message(4), subdir="cur", flags="S")  # a human read it: not ours to take
-    add(maildir, message(5), subdir="cur", flags="F")  # flagged earlier: left for a human
+    seen = add(maildir, message(4), subdir="cur", flags="S")  # a person read it: still ours
     url = f"maildir://{maildir}"
 
     with open_mailbox(url) as box:
         got = dict(box.unprocessed())
-        assert got == {fresh: lf(message(1)), read_unflagged: lf(message(2)), odd: lf(message(3))}
+        assert got == {
+            fresh: lf(message(1)),
+            read_unflagged: lf(message(2)),
+            odd: lf(message(3)),
+            seen: lf(message(4)),
+        }
         box.mark_processed(fresh)
         box.mark_processed(read_unflagged)
+        box.mark_processed(seen)
         box.mark_unknown(odd)
 
     with open_mailbox(url) as box:
         assert list(box.unprocessed()) == []
     state = files(maildir)
-    assert len(state) == 5
-    assert state[fresh] == "cur:S"
-    assert state[read_unflagged] == "cur:RS"
-    assert state[odd] == "cur:F"  # flagged, and not seen: it shows unread to a human
-    # Still readable with the stdlib, content intact.
-    assert stdlib_mailbox.Maildir(maildir, create=False).get_bytes(odd) == lf(message(3))
+    assert len(state) == 4
+    assert state[fresh] == ".Processed/cur:S"
+    assert state[read_unflagged] == ".Processed/cur:RS"
+    assert state[seen] == ".Processed/cur:S"
+    assert state[odd] == ".Kept/cur:F"  # flagged, and not seen: it shows unread to a human
+    # Subfolders a mail client shows, readable with the stdlib, content intact.
+    root = stdlib_mailbox.Maildir(maildir, create=False)
+    assert sorted(root.list_folders()) == ["Kept", "Processed"]
+    assert root.get_folder("Kept").get_bytes(odd) == lf(message(3))
 
 
 def test_maildir_skips_a_message_that_vanished(maildir: Path) -> None:
@@ -107,14 +117,14 @@ def test_maildir_skips_a_message_that_vanished(maildir: Path) -> None:
         others = sorted({first, second, third} - {key})
         next((maildir / "new").glob(f"{others[0]}*")).unlink()
         moved = next((maildir / "new").glob(f"{others[1]}*"))
-        moved.rename(maildir / "cur" / f"{others[1]}:2,")
+        moved.rename(maildir / "cur" / f"{others[1]}:2,S")
         rest = dict(items)
         assert list(rest) == [others[1]]
         next((maildir / "cur").glob(f"{others[1]}*")).unlink()
         box.mark_processed(others[1])  # gone meanwhile: no error
         box.mark_unknown(others[0])
         box.mark_processed(key)
-    assert files(maildir) == {key: "cur:S"}
+    assert files(maildir) == {key: ".Processed/cur:S"}
 
 
 def test_maildir_cuts_a_huge_message(maildir: Path) -> None:
