@@ -8,9 +8,12 @@ transaction with a `ReturnEvent` whose unique message hash makes a second readin
 same message change nothing.
 
 A returned message names its delivery by a signed token (verified by the caller) or, when
-the token is missing or mangled, by the failed recipient's address. An address alone is
-trusted only when we really sent that person a campaign: a forged report naming someone
-we never mailed suppresses nobody.
+the token is missing or mangled, by the failed recipient's address. Anyone can send mail
+to the return domain, so an address alone is trusted only for a bounce, and only when we
+sent that person a campaign within ADDRESS_MATCH_DAYS: a complaint or a mailto
+unsubscribe withdraws consent for good (the person's own "no"), and needs a token.
+One delivery is counted once per kind: the 24-, 48- and 72-hour delay warnings of one
+message are one soft bounce, and two copies of one bounce are one.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ from campaigns.purposes import Kind, Purpose, SuppressionReason
 
 # Deliveries whose message left us: only these can bounce or be complained about.
 _LEFT_US = ("sent", "in_doubt")
+# A bounce without a valid token must name a delivery at most this old: late bounces
+# come within days (queue lifetimes are about five), forged ones at any time.
+ADDRESS_MATCH_DAYS = 30
 
 
 class Effect(StrEnum):
@@ -90,34 +96,55 @@ def _delivery_for_token(
     return (row[0], row[1]) if row else None
 
 
-def _delivery_for_address(session: Session, address: str) -> tuple[Contact, Delivery] | None:
-    """The newest delivery that left us for this address (compared without case)."""
+def _delivery_for_address(
+    session: Session, address: str, now: datetime
+) -> tuple[Contact, Delivery] | None:
+    """The newest recent delivery that left us for this address (compared without case)."""
     key = addresses.key(addresses.normalise(address))
+    since = now - timedelta(days=ADDRESS_MATCH_DAYS)
     row = session.exec(
         select(Contact, Delivery)
         .join(Delivery, col(Delivery.contact_id) == Contact.id)
-        .where(Contact.email_key == key, col(Delivery.status).in_(_LEFT_US))
+        .where(
+            Contact.email_key == key,
+            col(Delivery.status).in_(_LEFT_US),
+            func.coalesce(Delivery.sent_at, Delivery.claimed_at) >= since,
+        )
         .order_by(col(Delivery.id).desc())
         .limit(1)
     ).first()
     return (row[0], row[1]) if row else None
 
 
-def find_target(session: Session, item: Returned) -> tuple[Contact, Delivery] | None:
+def find_target(
+    session: Session, item: Returned, now: datetime | None = None
+) -> tuple[Contact, Delivery] | None:
     """The contact and delivery the message is about: the token first, then addresses."""
     if item.contact_id is not None and item.campaign_id is not None:
         found = _delivery_for_token(session, item.contact_id, item.campaign_id)
         if found is not None:
             return found
-    if item.effect is Effect.MAILTO:
-        # Anyone can write to the unsubscribe address with any From: only a token counts.
+    if item.effect in (Effect.MAILTO, Effect.COMPLAINT):
+        # Anyone can write to the return domain, naming anyone: only a token counts.
         return None
     for address in item.addresses:
         if addresses.is_valid(addresses.normalise(address)):
-            found = _delivery_for_address(session, address)
+            found = _delivery_for_address(session, address, now or utcnow())
             if found is not None:
                 return found
     return None
+
+
+def _counted(session: Session, delivery_id: int | None, effect: Effect) -> bool:
+    """True when this delivery already brought back a message of this kind."""
+    return (
+        session.exec(
+            select(ReturnEvent.id).where(
+                ReturnEvent.delivery_id == delivery_id, ReturnEvent.kind == effect.value
+            )
+        ).first()
+        is not None
+    )
 
 
 def already_applied(session: Session, message_hash: str) -> bool:
@@ -152,11 +179,13 @@ def apply(session: Session, item: Returned, policy: Policy, now: datetime | None
     now = now or utcnow()
     if already_applied(session, item.message_hash):
         return Outcome(matched=True, duplicate=True, note="already processed")
-    target = find_target(session, item)
+    target = find_target(session, item, now)
     if target is None:
         return Outcome(matched=False, note="names no delivery of ours")
     contact, delivery = target
     campaign_id, delivery_id = delivery.campaign_id, delivery.id
+    if _counted(session, delivery_id, item.effect):
+        return Outcome(matched=True, duplicate=True, note="already counted for this delivery")
     source = SOURCE[item.effect]
     address_hash = suppression.hash_for(session, contact.email)
     session.add(

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from campaigns.config import Settings
 from campaigns.db import session_scope
 from campaigns.reports import anonymous_reason
-from campaigns.returns import Effect, Outcome, Policy, Returned, apply
+from campaigns.returns import Effect, Outcome, Policy, Returned, already_applied, apply
 from mailer.bounces import Kind, Verdict, classify
 from mailer.mailbox import Mailbox, open_mailbox
 from mailer.tokens import TokenKind, TokenSigner, signer_from_settings
@@ -102,12 +102,19 @@ def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, Returned | Non
 
 
 def _apply(engine: Engine, item: Returned, policy: Policy) -> Outcome:
-    try:
-        with session_scope(engine) as session:
-            return apply(session, item, policy)
-    except IntegrityError:
-        # Another run applied the same message between our check and our insert.
-        return Outcome(matched=True, duplicate=True, note="already processed")
+    for attempt in range(3):
+        try:
+            with session_scope(engine) as session:
+                return apply(session, item, policy)
+        except IntegrityError:
+            # A concurrent run (PostgreSQL) inserted the same message, or a suppression
+            # of the same address, between our check and our insert: look again.
+            with session_scope(engine) as session:
+                if already_applied(session, item.message_hash):
+                    return Outcome(matched=True, duplicate=True, note="already processed")
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def process(

@@ -33,13 +33,16 @@ def _people(db: Db, n: int = 3) -> list[int]:
     return ids
 
 
-def _campaign(db: Db, kind: Kind, name: str, people: list[int], status: str = "sent") -> int:
+def _campaign(
+    db: Db, kind: Kind, name: str, people: list[int], status: str = "sent", age_days: float = 0
+) -> int:
     extra = {Kind.SURVEY: {"survey_url": "https://s.example.com/1"}}.get(kind, {})
     extra |= {Kind.THIRD_PARTY_OFFER: {"sponsor": "Partner"}}.get(kind, {})
     with db.session() as s:
         c = store.create(s, kind=kind, name=name, subject="Hi", body="Hi", **extra)
         for pid in people:
-            s.add(Delivery(campaign_id=c.id or 0, contact_id=pid, status=status))
+            sent_at = utcnow() - timedelta(days=age_days) if status == "sent" else None
+            s.add(Delivery(campaign_id=c.id or 0, contact_id=pid, status=status, sent_at=sent_at))
         s.commit()
         return c.id or 0
 
@@ -117,19 +120,31 @@ def test_the_same_message_twice_changes_nothing_more(db: Db) -> None:
 
 def test_soft_bounces_suppress_only_at_the_limit_within_the_window(db: Db) -> None:
     (a,) = _people(db, 1)
-    cid = _campaign(db, Kind.PROMOTIONAL, "c", [a])
+    c1, c2, c3, c4 = (_campaign(db, Kind.PROMOTIONAL, f"c{i}", [a]) for i in range(4))
     now = utcnow()
     # An old one, outside the 14-day window, does not count.
-    _apply(
-        db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid), now=now - timedelta(days=20)
-    )
-    _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid), now=now - timedelta(days=2))
-    out = _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid), now=now)
+    _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=c1), now=now - timedelta(days=20))
+    _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=c2), now=now - timedelta(days=2))
+    out = _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=c3), now=now)
     assert not out.suppressed and _contact(db, a).suppressed is None
-    out = _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid), now=now)
+    out = _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=c4), now=now)
     assert out.suppressed
     assert _contact(db, a).suppressed == SuppressionReason.SOFT_BOUNCES
-    assert _counts(db, cid).soft_bounces == 4
+    assert [_counts(db, c).soft_bounces for c in (c1, c2, c3, c4)] == [1, 1, 1, 1]
+
+
+def test_one_delivery_counts_once_per_kind(db: Db) -> None:
+    """Delay warnings at 24, 48 and 72 hours, or two copies of one bounce, are one."""
+    (a,) = _people(db, 1)
+    cid = _campaign(db, Kind.PROMOTIONAL, "c", [a])
+    for _ in range(3):
+        _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid))
+    assert _contact(db, a).suppressed is None
+    first = _apply(db, _msg(Effect.HARD_BOUNCE, contact_id=a, campaign_id=cid))
+    copy = _apply(db, _msg(Effect.HARD_BOUNCE, contact_id=a, campaign_id=cid))
+    assert first.suppressed and copy.duplicate
+    counts = _counts(db, cid)
+    assert (counts.soft_bounces, counts.hard_bounces) == (1, 1)
 
 
 def test_a_complaint_withdraws_every_purpose_and_suppresses(db: Db) -> None:
@@ -195,12 +210,31 @@ def test_an_address_we_never_mailed_is_not_suppressed(db: Db) -> None:
     _campaign(db, Kind.PROMOTIONAL, "c", [a])
     _campaign(db, Kind.PROMOTIONAL, "pending", [b], status="pending")
     for address in ("person1@example.com", "person2@example.com", "stranger@example.com"):
-        out = _apply(db, _msg(Effect.COMPLAINT, addresses=(address,)))
+        out = _apply(db, _msg(Effect.HARD_BOUNCE, addresses=(address,)))
         assert not out.matched
     with db.session() as s:
         assert s.exec(select(Suppression)).all() == []
         assert s.exec(select(ReturnEvent)).all() == []
     assert all(_contact(db, i).suppressed is None for i in (a, b, c))
+
+
+def test_a_complaint_without_a_token_names_nobody(db: Db) -> None:
+    """Anyone can send an ARF naming anyone: withdrawing consent for good needs a token."""
+    (a,) = _people(db, 1)
+    _campaign(db, Kind.PROMOTIONAL, "c", [a])
+    out = _apply(db, _msg(Effect.COMPLAINT, addresses=("person0@example.com",)))
+    assert not out.matched
+    c = _contact(db, a)
+    assert c.suppressed is None
+    assert all(consent.state_of(c, p) == ConsentState.GRANTED for p in Purpose)
+
+
+def test_an_address_alone_only_matches_a_recent_delivery(db: Db) -> None:
+    a, b = _people(db, 2)
+    _campaign(db, Kind.PROMOTIONAL, "old", [a, b], age_days=returns.ADDRESS_MATCH_DAYS + 1)
+    _campaign(db, Kind.PROMOTIONAL, "new", [b], age_days=returns.ADDRESS_MATCH_DAYS - 1)
+    assert not _apply(db, _msg(Effect.HARD_BOUNCE, addresses=("person0@example.com",))).matched
+    assert _apply(db, _msg(Effect.HARD_BOUNCE, addresses=("person1@example.com",))).matched
 
 
 def test_a_token_without_a_delivery_falls_back_to_the_address(db: Db) -> None:
@@ -227,3 +261,29 @@ def test_an_erased_contact_stays_erased(db: Db) -> None:
     assert not out.matched
     with db.session() as s:
         assert s.exec(select(Suppression.reason)).one() == "erased"
+
+
+def test_two_runs_at_once_lose_no_effect(db: Db) -> None:
+    """Two different bounces for one address applied at once (two `inbox process` runs on
+    PostgreSQL race for the same suppression row): both are recorded."""
+    import threading
+
+    from mailer.inbox import _apply as apply_with_retry
+
+    (a,) = _people(db, 1)
+    campaigns = [_campaign(db, Kind.PROMOTIONAL, f"c{i}", [a]) for i in range(2)]
+    items = [_msg(Effect.HARD_BOUNCE, contact_id=a, campaign_id=c) for c in campaigns]
+    start = threading.Barrier(2)
+    outcomes: list[returns.Outcome] = []
+
+    def run(item: Returned) -> None:
+        start.wait()
+        outcomes.append(apply_with_retry(db.engine, item, POLICY))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in items]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(o.duplicate for o in outcomes) == [False, False]
+    assert [_counts(db, c).hard_bounces for c in campaigns] == [1, 1]
