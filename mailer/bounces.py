@@ -81,7 +81,7 @@ _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)", re
 # like, or followed by an enhanced code. "500 MB" in prose is not one.
 _REPLY = re.compile(
     r"(?:^[ \t>'\"(]*|(?:said|error|reply|replied|response|returned)\s{0,20}:?\s{0,20}['\"]?|#)"
-    r"([45][0-5]\d)(?=[ -]|$)|(?<![\w.])([45][0-5]\d)[ -](?=[245]\.\d)",
+    r"([45][0-5]\d)(?=[ :-]|$)|(?<![\w.])([45][0-5]\d)[ -](?=[245]\.\d)",
     _FLAGS | re.MULTILINE,
 )
 
@@ -98,6 +98,12 @@ _BOUNCE_SUBJECT = re.compile(
     r"delivery incomplete",
     _FLAGS,
 )
+# Subjects of replies and auto-replies, which may quote a bounce-like subject of ours.
+_REPLY_PREFIX = re.compile(
+    r"\s*(?:re|aw|antw|sv|vs|ref|fw|fwd|wg|tr|automatic reply|automatische antwort|auto|"
+    r"autoreply|out of office|abwesenheitsnotiz|absence)\s*:",
+    _FLAGS,
+)
 _DELAY_SUBJECT = re.compile(
     r"\(delay\)|could not send message for past|delayed mail|delivery delayed|"
     r"delivery status notification \(delay|delay(?:ed)? notification|still being retried",
@@ -108,7 +114,7 @@ _PERMANENT = re.compile(
     r"no such (?:user|mailbox|address|recipient)|unknown (?:recipient|mailbox|address)|"
     r"recipient (?:address )?rejected|address couldn't be found|recip(?:ient)?notfound|"
     r"mailbox (?:unavailable|not found)|account (?:has been )?disabled|"
-    r"invalid (?:recipient|mailbox)",
+    r"invalid (?:recipient|mailbox)|does(?: not|n't) have an? \S+ account",
     _FLAGS,
 )
 # Boilerplate of final failures (Exim, qmail, Gmail): hard, but says less than the above.
@@ -471,17 +477,21 @@ def _classify(raw: bytes) -> Verdict:
 
     subject = _one_line(_decoded_words(_first(scan.headers, "subject")))
     sender = _first(scan.headers, "from") + " " + _first(scan.headers, "sender")
-    bounce_like = bool(
+    from_mailer = bool(
         scan.dsn
         or scan.report_type == "delivery-status"
         or "x-failed-recipients" in scan.headers
         or _BOUNCE_FROM.search(sender)
-        or _BOUNCE_SUBJECT.search(subject)
+    )
+    # A subject alone makes a bounce only when it is not a person's (or their
+    # autoresponder's) reply: "Re: Undeliverable parcels?" quotes our own subject.
+    bounce_like = from_mailer or bool(
+        _BOUNCE_SUBJECT.search(subject) and not _REPLY_PREFIX.match(subject)
     )
     unsubscribe = [
         t for v in _delivery_values(scan.headers) for t in _address_tokens(v, "unsubscribe")
     ]
-    why = _auto_reply(scan.headers, subject, bounce_like, bool(unsubscribe))
+    why = _auto_reply(scan.headers, subject, bounce_like, from_mailer, bool(unsubscribe))
     if why:
         return verdict(Kind.AUTO_REPLY, reason=why)
     if unsubscribe:
@@ -554,7 +564,9 @@ def _from_arf(scan: _Scan, verdict: _Make) -> Verdict:
     return verdict(Kind.COMPLAINT, recipients, reason=reason)
 
 
-def _auto_reply(headers: dict[str, list[str]], subject: str, bounce_like: bool, to_us: bool) -> str:
+def _auto_reply(
+    headers: dict[str, list[str]], subject: str, bounce_like: bool, from_mailer: bool, to_us: bool
+) -> str:
     """Why this is an auto-reply, or ""."""
     if _first(headers, "x-autoreply").lower() not in ("", "no", "false", "0"):
         return "X-Autoreply"
@@ -567,6 +579,8 @@ def _auto_reply(headers: dict[str, list[str]], subject: str, bounce_like: bool, 
     submitted = _first(headers, "auto-submitted").split(";")[0].strip().lower()
     # Bounce notices carry Auto-Submitted too (Exim); a mail client may mark the
     # unsubscribe mail it generates auto-generated: neither is an auto-reply.
+    if submitted == "auto-replied" and not from_mailer:
+        return "Auto-Submitted: auto-replied"
     if (
         submitted not in ("", "no")
         and not bounce_like
