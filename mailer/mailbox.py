@@ -408,6 +408,15 @@ class ImapMailbox:
             typ, data = conn.select(_quote(url.mailbox))
             if typ != "OK":
                 raise self._error(f"cannot open mailbox {url.mailbox!r}: {_text(data)}")
+            # Our marks are keywords: a server that cannot keep them would hand every
+            # message back on every run, so say so at once (RFC 3501 PERMANENTFLAGS).
+            _, permanent = conn.response("PERMANENTFLAGS")
+            allowed = b" ".join(p for p in permanent if isinstance(p, bytes))
+            if allowed and b"\\*" not in allowed:
+                raise self._error(
+                    f"mailbox {url.mailbox!r} does not keep keywords such as {DONE}; "
+                    "use a Maildir or a server that does (Dovecot does)"
+                )
         except MailboxError:
             _close(conn)
             raise

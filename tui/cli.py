@@ -571,7 +571,8 @@ def cmd_inbox_process(app: App, args: argparse.Namespace) -> int:
         return "\n".join(lines)
 
     out(report.as_dict(), args.json, text)
-    return 0
+    # Like an import with rejected rows: something needs a person, so cron should say so.
+    return 1 if report.kept else 0
 
 
 def cmd_serve(app: App, args: argparse.Namespace) -> int:
@@ -741,6 +742,12 @@ def build_parser() -> Parser:
     return p
 
 
+def _first_line(error: object) -> str:
+    """Errors are one line: drivers (psycopg, say) add hints on further lines."""
+    lines = str(error).strip().splitlines()
+    return lines[0].strip() if lines else type(error).__name__
+
+
 def _known_errors() -> tuple[type[BaseException], ...]:
     from campaigns.campaign import CampaignError, CampaignNotFound
     from campaigns.contacts import ContactNotFound
@@ -757,10 +764,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(args.config)
         return args.func(App(settings), args)
     except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_first_line(exc)}", file=sys.stderr)
         return 2
     except (ConfigError, DatabaseError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {_first_line(exc)}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
@@ -768,7 +775,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if isinstance(exc, _known_errors()):
             msg = exc.args[0] if exc.args else str(exc)
-            print(f"{PROG}: error: {msg}", file=sys.stderr)
+            print(f"{PROG}: error: {_first_line(msg)}", file=sys.stderr)
             return 1
         if os.environ.get("CAMPAIGNS_DEBUG"):
             raise

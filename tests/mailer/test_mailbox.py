@@ -333,3 +333,52 @@ def test_imap_without_starttls_refuses_to_log_in(
     ):
         pass
     assert not any(b"hunter2" in h or b"LOGIN" in h for h in heard)
+
+
+@pytest.fixture
+def no_keywords_server() -> Iterator[int]:
+    """A minimal IMAP server whose mailbox keeps \\Seen and \\Flagged but no keywords
+    (as some hosted servers do): our marks would not stick."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(2)
+            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+            try:
+                while data := conn.recv(4096):
+                    tag, command = data.split()[:2]
+                    command = command.upper()
+                    if command == b"CAPABILITY":
+                        reply = b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n"
+                    elif command == b"SELECT":
+                        reply = (
+                            b"* FLAGS (\\Seen \\Flagged)\r\n* 0 EXISTS\r\n"
+                            b"* OK [PERMANENTFLAGS (\\Seen \\Flagged)] limited\r\n"
+                        )
+                    elif command == b"LOGOUT":
+                        reply = b"* BYE\r\n"
+                    else:
+                        reply = b""
+                    conn.sendall(reply + tag + b" OK done\r\n")
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    listener.close()
+    thread.join(5)
+
+
+def test_imap_mailbox_without_keywords_is_refused_clearly(no_keywords_server: int) -> None:
+    url = f"imap://u:hunter2@127.0.0.1:{no_keywords_server}/INBOX?tls=none"
+    with pytest.raises(MailboxError, match="does not keep keywords") as err, open_mailbox(url):
+        pass
+    assert "\n" not in str(err.value) and "hunter2" not in str(err.value)
