@@ -288,10 +288,9 @@ def test_imap_unreachable_host_is_one_line() -> None:
     assert "hunter2" not in str(err.value)
 
 
-@pytest.fixture
-def no_starttls_server() -> Iterator[tuple[int, list[bytes]]]:
-    """An IMAP greeting without STARTTLS; records whatever the client sends."""
-    heard: list[bytes] = []
+def _fake_imap(replies: dict[bytes, bytes], heard: list[bytes]) -> Iterator[int]:
+    """A one-connection IMAP server on loopback: each command gets `replies[COMMAND]`
+    (untagged lines) and a tagged OK; records whatever the client sends."""
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(5)
 
@@ -307,20 +306,27 @@ def no_starttls_server() -> Iterator[tuple[int, list[bytes]]]:
                 while data := conn.recv(4096):
                     heard.append(data)
                     tag, command = data.split()[:2]
-                    if command.upper() == b"CAPABILITY":
-                        conn.sendall(
-                            b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n" + tag + b" OK done\r\n"
-                        )
-                    else:
-                        conn.sendall(b"* BYE\r\n" + tag + b" OK bye\r\n")
+                    reply = replies.get(command.upper(), b"* BYE\r\n")
+                    conn.sendall(reply + tag + b" OK done\r\n")
             except OSError:
                 pass
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield listener.getsockname()[1], heard
+    yield listener.getsockname()[1]
     listener.close()
     thread.join(5)
+
+
+_CAPABILITY = {b"CAPABILITY": b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n"}
+
+
+@pytest.fixture
+def no_starttls_server() -> Iterator[tuple[int, list[bytes]]]:
+    """An IMAP greeting without STARTTLS; records whatever the client sends."""
+    heard: list[bytes] = []
+    for port in _fake_imap(_CAPABILITY, heard):
+        yield port, heard
 
 
 def test_imap_without_starttls_refuses_to_log_in(
@@ -337,44 +343,14 @@ def test_imap_without_starttls_refuses_to_log_in(
 
 @pytest.fixture
 def no_keywords_server() -> Iterator[int]:
-    """A minimal IMAP server whose mailbox keeps \\Seen and \\Flagged but no keywords
-    (as some hosted servers do): our marks would not stick."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(1)
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(2)
-            conn.sendall(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
-            try:
-                while data := conn.recv(4096):
-                    tag, command = data.split()[:2]
-                    command = command.upper()
-                    if command == b"CAPABILITY":
-                        reply = b"* CAPABILITY IMAP4rev1 AUTH=PLAIN\r\n"
-                    elif command == b"SELECT":
-                        reply = (
-                            b"* FLAGS (\\Seen \\Flagged)\r\n* 0 EXISTS\r\n"
-                            b"* OK [PERMANENTFLAGS (\\Seen \\Flagged)] limited\r\n"
-                        )
-                    elif command == b"LOGOUT":
-                        reply = b"* BYE\r\n"
-                    else:
-                        reply = b""
-                    conn.sendall(reply + tag + b" OK done\r\n")
-            except OSError:
-                pass
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    listener.close()
-    thread.join(5)
+    """A mailbox that keeps \\Seen and \\Flagged but no keywords (as some hosted
+    servers do): our marks would not stick."""
+    select = (
+        b"* FLAGS (\\Seen \\Flagged)\r\n* 0 EXISTS\r\n"
+        b"* OK [PERMANENTFLAGS (\\Seen \\Flagged)] limited\r\n"
+    )
+    replies = {**_CAPABILITY, b"LOGIN": b"", b"SELECT": select, b"LOGOUT": b"* BYE\r\n"}
+    yield from _fake_imap(replies, [])
 
 
 def test_imap_mailbox_without_keywords_is_refused_clearly(no_keywords_server: int) -> None:
