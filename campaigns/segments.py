@@ -53,6 +53,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col
 
+from campaigns.db import CHANGES_AT_BEGIN
 from campaigns.models import Contact, ContactTag
 from campaigns.purposes import ConsentState, Purpose
 
@@ -495,9 +496,47 @@ def where_clause(segment: Segment) -> ColumnElement[bool]:
 
 
 def count(session: Session, segment: Segment) -> int:
-    """How many contacts the segment reaches now."""
+    """How many contacts the segment reaches now.
+
+    On SQLite the answer is remembered per connection for as long as the database
+    provably has not changed: ``PRAGMA data_version`` changes whenever another
+    connection commits, and the connection's own ``total_changes`` whenever it writes
+    (triggers and foreign-key cascades included). A transaction that has written
+    anything itself neither uses nor fills the memory (it may yet roll back, which
+    leaves both numbers as they are). So any write at all forgets every remembered
+    count and a count is never stale; repeated counts on a database nobody is writing
+    to (a list of campaigns, a segment being edited) cost a pragma instead of a query.
+    PostgreSQL always runs the query.
+    """
     stmt = select(func.count()).select_from(Contact).where(where_clause(segment))
-    return int(session.execute(stmt).scalar_one())
+    if session.autoflush:
+        session.flush()  # what session.execute would do first: pending changes count
+    conn = session.connection()
+    changes = getattr(conn.connection.dbapi_connection, "total_changes", None)
+    if (
+        conn.dialect.name != "sqlite"
+        or changes is None
+        or conn.info.get(CHANGES_AT_BEGIN) != changes  # this transaction has written
+    ):
+        return int(session.execute(stmt).scalar_one())
+    version = (conn.exec_driver_sql("PRAGMA data_version").scalar_one(), changes)
+    cache = conn.info.get(_COUNTS)
+    if cache is None or cache[0] != version:
+        cache = conn.info[_COUNTS] = (version, {})
+    counts: dict[Segment, int] = cache[1]
+    n = counts.get(segment)
+    if n is None:
+        n = int(session.execute(stmt).scalar_one())
+        # The query itself changes nothing, so the version still holds.
+        if len(counts) >= _COUNTS_KEPT:
+            counts.clear()
+        counts[segment] = n
+    return n
+
+
+# Key of the remembered counts in a SQLite connection's info dict, and how many to keep.
+_COUNTS = "campaigns.segments.counts"
+_COUNTS_KEPT = 256
 
 
 @dataclass(frozen=True)
