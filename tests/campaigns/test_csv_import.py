@@ -664,3 +664,23 @@ def test_a_reading_process_that_dies_midway_fails_the_import(
     with pytest.raises(RuntimeError, match=r"ended unexpectedly \(exit status 3\)"):
         run(db, mixed_file(tmp_path))
     assert people(db) == {}
+
+
+def test_the_reading_side_knows_the_tables_limits_and_needs_no_database_library() -> None:
+    import subprocess
+    import sys
+
+    from campaigns import csv_reading
+    from campaigns.models import Contact, ContactTag
+
+    assert {
+        name: Contact.__table__.c[name].type.length for name in csv_reading.TEXT_COLUMNS
+    } == csv_reading._MAX_LEN
+    assert ContactTag.__table__.c.tag.type.length == csv_reading._MAX_TAG
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, campaigns.csv_reading; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "sqlalchemy" not in loaded and "sqlmodel" not in loaded
