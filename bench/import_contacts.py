@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -89,6 +90,8 @@ def child(csv_path: str, url: str, profile: str | None) -> None:
         report = import_contacts(engine, Path(csv_path), policy_version="bench-1")
     seconds = time.perf_counter() - start
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    # The importer's own child (the process that reads and checks the CSV), if any.
+    reader = resource.getrusage(resource.RUSAGE_CHILDREN)
     with engine.connect() as conn:
         events = conn.execute(select(func.count()).select_from(ConsentEvent)).scalar_one()
     print(
@@ -102,23 +105,35 @@ def child(csv_path: str, url: str, profile: str | None) -> None:
                 "rejected": len(report.rejected),
                 "events": events,
                 "peak_rss_kb": usage.ru_maxrss,
+                "reader_cpu_seconds": reader.ru_utime + reader.ru_stime,
+                "reader_peak_rss_kb": reader.ru_maxrss,
             }
         )
     )
 
 
-def segment_count(url: str) -> tuple[str, int, float]:
-    from sqlalchemy import func, select
-    from sqlmodel import Session
+def segment_count(url: str) -> tuple[str, int, list[float]]:
 
     from campaigns.db import make_engine
-    from campaigns.models import Contact, ContactTag
 
     engine = make_engine(url)
     try:
         from campaigns.segments import Segment, count
     except ImportError:
         Segment = count = None
+    times = []
+    for _ in range(5):
+        how, n, seconds = _count_once(engine, Segment, count)
+        times.append(seconds)
+    return how, n, times
+
+
+def _count_once(engine: Any, Segment: Any, count: Any) -> tuple[str, int, float]:
+    from sqlalchemy import func, select
+    from sqlmodel import Session
+
+    from campaigns.models import Contact, ContactTag
+
     with Session(engine) as session:
         start = time.perf_counter()
         if Segment is not None and count is not None:
@@ -178,10 +193,22 @@ def main() -> None:
         f"CPU-second (load average {load:.2f} before, {os.getloadavg()[0]:.2f} after: "
         "other work on the machine slows the wall clock, not the CPU figure)"
     )
-    print(f"import peak RSS: {fig['peak_rss_kb'] / 1024:.0f} MB")
-    how, n, seconds = segment_count(url)
-    print(f"segment count: {n:,} in {seconds * 1000:.0f} ms via {how}")
-    ok = rate >= 50_000 and fig["peak_rss_kb"] < 300 * 1024
+    peak_kb = fig["peak_rss_kb"] + fig["reader_peak_rss_kb"]
+    if fig["reader_peak_rss_kb"]:
+        print(
+            f"import peak RSS: {peak_kb / 1024:.0f} MB (writing process "
+            f"{fig['peak_rss_kb'] / 1024:.0f} MB + reading process "
+            f"{fig['reader_peak_rss_kb'] / 1024:.0f} MB, each at its own peak), "
+            f"reading process CPU {fig['reader_cpu_seconds']:.1f}s"
+        )
+    else:
+        print(f"import peak RSS: {peak_kb / 1024:.0f} MB")
+    how, n, times = segment_count(url)
+    print(
+        f"segment count: {n:,} in {times[0] * 1000:.1f} ms the first time, "
+        f"{min(times[1:]) * 1000:.1f} ms at best of the next {len(times) - 1} via {how}"
+    )
+    ok = rate >= 50_000 and peak_kb < 300 * 1024
     print("targets (>= 50,000 rows/s, < 300 MB):", "met" if ok else "MISSED")
     if args.keep:
         print(f"kept: {tmp}")

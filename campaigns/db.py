@@ -39,6 +39,16 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+# Key in a SQLite connection's info: its total_changes when the current transaction
+# began (segments.count remembers counts only while a transaction has written nothing).
+CHANGES_AT_BEGIN = "campaigns.changes_at_begin"
+
+
+def _sqlite_begin(conn: Any) -> None:
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    conn.info[CHANGES_AT_BEGIN] = conn.connection.dbapi_connection.total_changes
+
+
 def make_engine(url: str) -> Engine:
     """Build the engine; creates the SQLite file's folder when needed."""
     try:
@@ -61,7 +71,7 @@ def make_engine(url: str) -> Engine:
         # pysqlite's own transaction handling defers BEGIN; issue it ourselves so that
         # a transaction really is one (and writers take the lock up front).
         event.listen(engine, "connect", lambda c, _r: setattr(c, "isolation_level", None))
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 

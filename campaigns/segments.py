@@ -53,6 +53,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 from sqlmodel import Session, col
 
+from campaigns.db import CHANGES_AT_BEGIN
 from campaigns.models import Contact, ContactTag
 from campaigns.purposes import ConsentState, Purpose
 
@@ -92,6 +93,34 @@ def _ascii_lower_pg(element: ascii_lower, compiler: SQLCompiler, **kw: Any) -> s
     # collation it folds A-Z only, like SQLite. (translate() does the same but took
     # 12 times as long over 780,000 tags.)
     return f'lower({compiler.process(element.clauses, **kw)} COLLATE "C")'
+
+
+class ascii_ci_equals(FunctionElement[bool]):
+    """``ascii_lower(column) = folded``, where folded is already ``fold``-ed text.
+
+    On SQLite it is ``column = folded COLLATE NOCASE``: the NOCASE collation folds the
+    letters A-Z only, exactly as ``lower()`` does, but without a function call per
+    value (a tag look-up per contact: 31 -> 26 ms for a three-filter count over a
+    million contacts).
+    """
+
+    type = Boolean()
+    name = "ascii_ci_equals"
+    inherit_cache = True
+    # A comparison: no "= 1" after it where booleans are integers (SQLite).
+    _is_implicitly_boolean = True
+
+
+@compiles(ascii_ci_equals)
+def _ascii_ci_equals_default(element: ascii_ci_equals, compiler: SQLCompiler, **kw: Any) -> str:
+    column, folded = element.clauses.clauses
+    return compiler.process(ascii_lower(column) == folded, **kw)
+
+
+@compiles(ascii_ci_equals, "sqlite")
+def _ascii_ci_equals_sqlite(element: ascii_ci_equals, compiler: SQLCompiler, **kw: Any) -> str:
+    column, folded = (compiler.process(c, **kw) for c in element.clauses.clauses)
+    return f"({column} = {folded} COLLATE NOCASE)"
 
 
 class json_text(FunctionElement[str]):
@@ -445,7 +474,7 @@ def _filter_clause(segment: Segment) -> ColumnElement[bool]:
         conds.append(
             exists().where(
                 col(ContactTag.contact_id) == col(Contact.id),
-                ascii_lower(ContactTag.tag) == fold(tag),
+                ascii_ci_equals(ContactTag.tag, fold(tag)),
             )
         )
     for name, value in segment.attributes:
@@ -467,9 +496,47 @@ def where_clause(segment: Segment) -> ColumnElement[bool]:
 
 
 def count(session: Session, segment: Segment) -> int:
-    """How many contacts the segment reaches now."""
+    """How many contacts the segment reaches now.
+
+    On SQLite the answer is remembered per connection for as long as the database
+    provably has not changed: ``PRAGMA data_version`` changes whenever another
+    connection commits, and the connection's own ``total_changes`` whenever it writes
+    (triggers and foreign-key cascades included). A transaction that has written
+    anything itself neither uses nor fills the memory (it may yet roll back, which
+    leaves both numbers as they are). So any write at all forgets every remembered
+    count and a count is never stale; repeated counts on a database nobody is writing
+    to (a list of campaigns, a segment being edited) cost a pragma instead of a query.
+    PostgreSQL always runs the query.
+    """
     stmt = select(func.count()).select_from(Contact).where(where_clause(segment))
-    return int(session.execute(stmt).scalar_one())
+    if session.autoflush:
+        session.flush()  # what session.execute would do first: pending changes count
+    conn = session.connection()
+    changes = getattr(conn.connection.dbapi_connection, "total_changes", None)
+    if (
+        conn.dialect.name != "sqlite"
+        or changes is None
+        or conn.info.get(CHANGES_AT_BEGIN) != changes  # this transaction has written
+    ):
+        return int(session.execute(stmt).scalar_one())
+    version = (conn.exec_driver_sql("PRAGMA data_version").scalar_one(), changes)
+    cache = conn.info.get(_COUNTS)
+    if cache is None or cache[0] != version:
+        cache = conn.info[_COUNTS] = (version, {})
+    counts: dict[Segment, int] = cache[1]
+    n = counts.get(segment)
+    if n is None:
+        n = int(session.execute(stmt).scalar_one())
+        # The query itself changes nothing, so the version still holds.
+        if len(counts) >= _COUNTS_KEPT:
+            counts.clear()
+        counts[segment] = n
+    return n
+
+
+# Key of the remembered counts in a SQLite connection's info dict, and how many to keep.
+_COUNTS = "campaigns.segments.counts"
+_COUNTS_KEPT = 256
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from sqlmodel import select
 from campaigns import addresses, csv_export
 from campaigns.csv_export import export_contacts
 from campaigns.csv_import import import_contacts
+from campaigns.csv_reading import _looks_like_card_column
 from campaigns.models import Contact, ContactTag
 from campaigns.purposes import ConsentState, Purpose
 from tests.campaigns.test_csv_import import assert_ledger_consistent
@@ -201,8 +202,10 @@ LOCAL = st.from_regex(r"[a-zA-Z0-9=+-][a-zA-Z0-9_=+-]{0,8}", fullmatch=True)
 EMAIL = st.builds(
     lambda local, domain: f"{local}@{domain}", LOCAL, st.sampled_from(["example.com", "x.de"])
 )
+# Not a name the importer takes for a card-number column ("cc", "pan", ...): it
+# refuses such a file whole, by design.
 KEY = st.from_regex(r"[a-z_][a-z0-9_ ]{0,8}[a-z0-9_]", fullmatch=True).filter(
-    lambda k: k not in STANDARD.split(",")
+    lambda k: k not in STANDARD.split(",") and not _looks_like_card_column(k)
 )
 STATE = st.sampled_from(["granted", "none", "withdrawn"])
 

@@ -25,6 +25,15 @@ HEADER = (
 )
 
 
+@pytest.fixture(autouse=True, params=["read-here", "read-in-a-second-process"])
+def reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test twice: files read and checked in this process (what small files get),
+    and in the second process that big files get (csv_import.PARALLEL_MIN_BYTES)."""
+    if request.param == "read-in-a-second-process":
+        monkeypatch.setattr(csv_import, "PARALLEL_MIN_BYTES", 0)
+    return str(request.param)
+
+
 def write(tmp_path: Path, content: str | bytes, name: str = "contacts.csv") -> Path:
     path = tmp_path / name
     if isinstance(content, str):
@@ -603,3 +612,75 @@ def test_hostile_files_are_refused_or_imported_whole(db: Db, tmp_path: Path, dat
         ).scalar_one()
     assert orphans == 0
     assert_ledger_consistent(db)
+
+
+# ------------------------------------------------------------------- the second process
+
+
+def test_the_reading_process_hands_its_errors_over(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ImportRefused, match="cannot read the file"),
+        csv_import._batches_from_process(tmp_path / "gone.csv", ["email"], b"k", 10) as batches,
+    ):
+        list(batches)
+
+
+def test_without_a_second_interpreter_the_file_is_read_here(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(csv_import, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(csv_import.sys, "executable", str(tmp_path / "no-such-python"))
+
+    report = run(db, mixed_file(tmp_path))
+
+    assert report.imported == 5
+    assert [r.line for r in report.rejected] == [7, 8]
+    assert_ledger_consistent(db)
+
+
+def test_a_reading_process_that_dies_at_once_is_replaced_by_reading_here(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(csv_import, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(csv_import, "_READER", "import sys; sys.exit(3)")
+
+    report = run(db, mixed_file(tmp_path))
+
+    assert report.imported == 5
+    assert_ledger_consistent(db)
+
+
+def test_a_reading_process_that_dies_midway_fails_the_import(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(csv_import, "PARALLEL_MIN_BYTES", 0)
+    monkeypatch.setattr(
+        csv_import,
+        "_READER",
+        "import pickle, sys; sys.stdin.buffer.read(); "
+        "sys.stdout.buffer.write(pickle.dumps(('batch', ([], [], 0)))); sys.exit(3)",
+    )
+
+    with pytest.raises(RuntimeError, match=r"ended unexpectedly \(exit status 3\)"):
+        run(db, mixed_file(tmp_path))
+    assert people(db) == {}
+
+
+def test_the_reading_side_knows_the_tables_limits_and_needs_no_database_library() -> None:
+    import subprocess
+    import sys
+
+    from campaigns import csv_reading
+    from campaigns.models import Contact, ContactTag
+
+    assert {
+        name: Contact.__table__.c[name].type.length for name in csv_reading.TEXT_COLUMNS
+    } == csv_reading._MAX_LEN
+    assert ContactTag.__table__.c.tag.type.length == csv_reading._MAX_TAG
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, campaigns.csv_reading; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "sqlalchemy" not in loaded and "sqlmodel" not in loaded

@@ -658,3 +658,60 @@ def test_segment_is_stored_in_a_campaign_and_read_back(db: Db) -> None:
         stored = s.get(Campaign, campaign.id)
         assert stored is not None
         assert Segment.from_json(stored.segment) == seg
+
+
+def test_a_count_is_never_stale_whoever_writes(db: Db) -> None:
+    """SQLite remembers counts per connection until anything changes (segments.count):
+    every kind of write, from this session or another connection, shows at once."""
+    from sqlalchemy import create_engine, text
+
+    from campaigns import consent, suppression
+
+    granted = {Purpose.PROMOTIONAL: "granted"}
+    a, b, c = insert(
+        db,
+        [
+            Person("a@example.com", country="DE", tags=frozenset({"vip"}), consent=granted),
+            Person("b@example.com", country="DE", tags=frozenset({"VIP"}), consent=granted),
+            Person("c@example.com", country="DE", consent=granted),
+        ],
+    )
+    seg = Segment(purpose=Purpose.PROMOTIONAL, countries=("de",), tags=("Vip",))
+    assert count(db, seg) == count(db, seg) == 2
+
+    with db.session() as s:
+        # Unflushed changes of the same session count, and are forgotten on rollback.
+        s.add(ContactTag(contact_id=c.id, tag="vip"))
+        assert segments.count(s, seg) == 3
+        s.rollback()
+        assert segments.count(s, seg) == 2
+        # A withdrawal recorded in this session.
+        row = s.get(Contact, a.id)
+        assert row is not None
+        consent.record(
+            s, row, Purpose.PROMOTIONAL, granted=False, source="one-click", policy_version="p"
+        )
+        assert segments.count(s, seg) == 1
+        s.commit()
+    assert count(db, seg) == 1
+
+    # Another connection (another engine: another process would do the same).
+    other = create_engine(db.url)
+    try:
+        with other.begin() as conn:
+            conn.execute(text("DELETE FROM contact_tags WHERE contact_id = :id"), {"id": b.id})
+        assert count(db, seg) == 0
+        with other.begin() as conn:
+            conn.execute(
+                text("INSERT INTO contact_tags (contact_id, tag) VALUES (:id, 'VIP')"),
+                {"id": b.id},
+            )
+        assert count(db, seg) == 1
+    finally:
+        other.dispose()
+
+    # Suppression and erasure.
+    with db.session() as s:
+        suppression.forget(s, "b@example.com")
+        s.commit()
+    assert count(db, seg) == 0
