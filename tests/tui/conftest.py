@@ -27,7 +27,7 @@ from textual.worker import WorkerCancelled
 from campaigns import addresses, campaign, consent, suppression
 from campaigns.config import Settings
 from campaigns.db import make_engine, session_scope, upgrade
-from campaigns.models import ConsentEvent, Contact, ContactTag, Delivery
+from campaigns.models import ConsentEvent, Contact, ContactTag, Delivery, ReturnEvent
 from campaigns.purposes import Kind, Purpose, SuppressionReason
 from tui.app import CampaignsApp, create_app
 from tui.services import Services
@@ -312,6 +312,17 @@ def build_fixed_data(engine: Engine) -> None:
                 campaign_id=sent_id,
             )
         )
+        # What came back later (campaigns inbox process): two bounces and a complaint.
+        for n, kind in enumerate(["hard_bounce", "soft_bounce", "complaint"]):
+            s.add(
+                ReturnEvent(
+                    message_hash=f"{n:064x}",
+                    kind=kind,
+                    address_hash=f"{n + 10:064x}",
+                    occurred_at=datetime(2026, 2, 12, 9, n, tzinfo=UTC),
+                    campaign_id=sent_id,
+                )
+            )
     assert scheduled_id
 
 
