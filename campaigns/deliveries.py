@@ -176,21 +176,25 @@ def claim(
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        ids = list(conn.execute(picked).scalars())
-        if not ids:
-            return ClaimResult([], 0, active=True)
         # The proof of consent is the event that allowed the message when it went.
         current_event = select(event_col).where(C.c.id == D.c.contact_id).scalar_subquery()
-        conn.execute(
-            update(D)
-            .where(D.c.id.in_(ids))
-            .values(
-                status=CLAIMED,
-                claimed_by=worker,
-                claimed_at=now,
-                consent_event_id=current_event,
-            )
+        # Pick and claim in one statement (UPDATE … RETURNING: SQLite ≥ 3.35, PostgreSQL)
+        # rather than a SELECT of the ids and an UPDATE listing them all again.
+        ids = sorted(
+            conn.execute(
+                update(D)
+                .where(D.c.id.in_(picked.scalar_subquery()))
+                .values(
+                    status=CLAIMED,
+                    claimed_by=worker,
+                    claimed_at=now,
+                    consent_event_id=current_event,
+                )
+                .returning(D.c.id)
+            ).scalars()
         )
+        if not ids:
+            return ClaimResult([], 0, active=True)
         rows = conn.execute(
             select(
                 D.c.id,
