@@ -141,3 +141,12 @@ def test_concurrent_first_use_agrees_on_one_key(tmp_path: Path) -> None:
         results = list(pool.map(lambda _: load_or_create_keys(settings), range(16)))
     assert all(r == results[0] for r in results)
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["secret_key"]
+
+
+@given(raw=st.binary(max_size=64))
+def test_base32_matches_the_standard_library(raw: bytes) -> None:
+    import base64
+
+    from mailer.tokens import _encode
+
+    assert _encode(raw) == base64.b32encode(raw).decode("ascii").rstrip("=").lower()
