@@ -10,6 +10,7 @@ A delivery moves pending → claimed → sending → sent (or failed, skipped, i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,9 +27,11 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    type_coerce,
     update,
 )
 from sqlalchemy.orm import aliased
+from sqlalchemy.types import Text
 from sqlmodel import Session
 
 from campaigns import addresses, suppression
@@ -195,6 +198,10 @@ def claim(
         )
         if not ids:
             return ClaimResult([], 0, active=True)
+        # Most contacts have no custom attributes: on SQLite read the JSON text and decode
+        # only what is not "{}" (the JSON type decoded every row: ~2 µs a message).
+        sqlite = conn.dialect.name == "sqlite"
+        attributes = type_coerce(C.c.attributes, Text) if sqlite else C.c.attributes
         rows = conn.execute(
             select(
                 D.c.id,
@@ -202,7 +209,7 @@ def claim(
                 D.c.attempts,
                 C.c.email,
                 C.c.name,
-                C.c.attributes,
+                attributes.label("attributes"),
                 C.c.suppressed,
                 state_col.label("state"),
                 event_col.label("event_id"),
@@ -224,7 +231,7 @@ def claim(
                     contact_id=r.contact_id,
                     email=r.email,
                     name=r.name,
-                    attributes=dict(r.attributes or {}),
+                    attributes=_attributes(r.attributes),
                     consent_event_id=r.event_id,
                     attempts=r.attempts,
                 )
@@ -237,6 +244,12 @@ def claim(
                 skipped,
             )
     return ClaimResult(ready, len(skipped), active=True)
+
+
+def _attributes(value: Any) -> dict[str, str]:
+    if isinstance(value, str):  # JSON text (SQLite)
+        return {} if value == "{}" else dict(json.loads(value) or {})
+    return dict(value or {})
 
 
 def _ineligible(email: str | None, state: str | None, suppressed: str | None) -> str:

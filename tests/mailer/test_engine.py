@@ -207,3 +207,23 @@ def test_pause_mid_send_stops_then_send_goes_on_without_duplicates(
                 assert "is sent" in str(exc)
             else:
                 raise AssertionError(f"{change.__name__} accepted a sent campaign")
+
+
+def test_a_claim_carries_each_contacts_attributes(db: Db) -> None:
+    from campaigns import deliveries
+
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 3)
+    with db.session() as s:
+        c = s.get(Contact, people[1].id)
+        c.attributes = {"plan": "gold", "city": "Köln"}
+        s.add(c)
+        s.commit()
+    cid = new_campaign(db, Kind.PROMOTIONAL)
+    deliveries.start(db.engine, cid)
+    got = deliveries.claim(db.engine, cid, "w", 10)
+    by_contact = {c.contact_id: c.attributes for c in got.ready}
+    assert by_contact == {
+        people[0].id: {},
+        people[1].id: {"plan": "gold", "city": "Köln"},
+        people[2].id: {},
+    }
