@@ -66,7 +66,14 @@ class Connection(Protocol):
     is_open: bool
 
     async def connect(self) -> None: ...
-    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome: ...
+    async def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        *,
+        then: tuple[str, str, bytes] | None = None,
+    ) -> SendOutcome: ...
     async def close(self) -> None: ...
 
 
@@ -302,9 +309,10 @@ class SendEngine:
     ) -> None:
         conn: Connection | None = None
         previous = Progress()
+        following = await queue.get()
         try:
             while True:
-                item = await queue.get()
+                item = following
                 if item is None:
                     queue.task_done()
                     break
@@ -313,26 +321,35 @@ class SendEngine:
                 await committer.submit(previous)
                 previous = Progress()
                 await rate.wait()
-                conn = await self._send_one(conn, item, previous)
-                if queue.empty():
+                # Take the next message now when one waits: the SMTP connection announces
+                # it (MAIL, RCPT, DATA) in the same write as this body. It cannot be
+                # delivered before its body, which goes only after its `sending` commit.
+                took = not queue.empty()
+                following = queue.get_nowait() if took else None  # (None may be the stop)
+                conn = await self._send_one(conn, item, previous, following)
+                queue.task_done()
+                if following is None:
                     # Nothing waiting: write the outcome now rather than with the next.
                     await committer.submit(previous)
                     previous = Progress()
-                queue.task_done()
+                    if not took:
+                        following = await queue.get()
             await committer.submit(previous)
         finally:
             if conn is not None:
                 await conn.close()
 
     async def _send_one(
-        self, conn: Connection | None, item: _Item, out: Progress
+        self, conn: Connection | None, item: _Item, out: Progress, then: _Item | None = None
     ) -> Connection | None:
-        """Send one message and write its outcome into `out`; returns the connection."""
+        """Send one message and write its outcome into `out`; returns the connection.
+        `then` is the message this connection sends next, if known."""
         try:
             if conn is None or not conn.is_open:
                 conn = self._new_connection()
                 await conn.connect()
-            outcome = await conn.send(item.envelope_from, item.email, item.data)
+            after = None if then is None else (then.envelope_from, then.email, then.data)
+            outcome = await conn.send(item.envelope_from, item.email, item.data, then=after)
         except ConnectionLost as exc:
             if exc.data_sent_completely:
                 out.in_doubt.append((item.delivery_id, f"connection lost after sending: {exc}"))

@@ -63,7 +63,14 @@ class MaildirTransport:
     async def connect(self) -> None:
         self.is_open = True
 
-    async def send(self, envelope_from: str, recipient: str, data: bytes) -> SendOutcome:
+    async def send(
+        self,
+        envelope_from: str,
+        recipient: str,
+        data: bytes,
+        *,
+        then: tuple[str, str, bytes] | None = None,
+    ) -> SendOutcome:
         return self.deliver(envelope_from, recipient, data)
 
     async def close(self) -> None:

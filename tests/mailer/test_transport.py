@@ -680,3 +680,89 @@ def test_maildir_capture(tmp_path: Path) -> None:
 def test_maildir_url_is_not_smtp() -> None:
     with pytest.raises(TransportConfigError):
         SmtpConnection(parse_smtp_url("maildir:///tmp/x"))
+
+
+# ------------------------------------------------------------------ the next message announced
+
+
+def test_announcing_the_next_message_keeps_outcomes_and_bytes() -> None:
+    # Each body goes in one write with the next message's MAIL, RCPT and DATA.
+    handler = FaultyHandler(
+        rcpt={"gone@example.org": "550 5.1.1 no such user", "busy@example.org": "451 4.3.0"},
+        data={"spam@example.org": "554 5.7.1 looks like spam"},
+    )
+    order = ["ok0", "gone", "ok1", "busy", "ok2", "spam", "ok3", "ok4"]
+    datas = [message(i, b".dot\r\n" if i % 2 else b"plain\r\n") for i in range(len(order))]
+
+    async def go() -> tuple[list[SendOutcome], bool]:
+        conn = await connected(server.url)
+        outcomes = []
+        for i, name in enumerate(order):
+            then = None
+            if i + 1 < len(order):
+                then = (FROM, f"{order[i + 1]}@example.org", datas[i + 1])
+            outcomes.append(await conn.send(FROM, f"{name}@example.org", datas[i], then=then))
+        still_open = conn.is_open
+        await conn.close()
+        return outcomes, still_open
+
+    with run_smtp_server(handler, pipelining=True) as server:
+        outcomes, still_open = run(go())
+    got = dict(zip(order, outcomes, strict=True))
+    assert still_open
+    assert (got["gone"].code, got["gone"].stage) == (550, "rcpt")
+    assert (got["busy"].code, got["busy"].permanent) == (451, False)
+    assert (got["spam"].code, got["spam"].stage) == (554, "data")
+    assert all(got[f"ok{i}"].accepted for i in range(5))
+    assert handler.recipients() == [f"ok{i}@example.org" for i in range(5)]
+    assert [m.data for m in handler.messages] == [datas[i] for i in (0, 2, 4, 6, 7)]
+    assert len({m.peer for m in handler.messages}) == 1
+
+
+def test_an_announced_message_is_never_delivered_without_its_own_send() -> None:
+    handler = RecordingHandler()
+
+    async def go() -> None:
+        # Announced, then the connection is closed: the server gets no message for it.
+        conn = await connected(server.url)
+        then = (FROM, "next@example.org", message(2))
+        assert (await conn.send(FROM, "first@example.org", message(1), then=then)).accepted
+        await conn.close()
+        # Announced, then another message is sent instead: refused before anything goes.
+        conn = await connected(server.url)
+        then = (FROM, "announced@example.org", message(4))
+        assert (await conn.send(FROM, "third@example.org", message(3), then=then)).accepted
+        with pytest.raises(ConnectionLost) as info:
+            await conn.send(FROM, "other@example.org", message(5))
+        assert info.value.data_sent_completely is False and not conn.is_open
+        await conn.close()
+
+    with run_smtp_server(handler, pipelining=True) as server:
+        run(go())
+        time.sleep(0.2)
+    assert handler.recipients() == ["first@example.org", "third@example.org"]
+
+
+@pytest.mark.parametrize("fault", ["421 4.3.2 shutting down", DROP])
+def test_a_refused_or_dropped_body_drops_the_announced_message_too(fault: str) -> None:
+    handler = FaultyHandler(data={"x@example.org": fault})
+
+    async def go() -> bool:
+        conn = await connected(server.url)
+        then = (FROM, "next@example.org", MESSAGE)
+        try:
+            outcome = await conn.send(FROM, "x@example.org", MESSAGE, then=then)
+            assert outcome.code == 421
+        except ConnectionLost as exc:
+            assert exc.data_sent_completely
+        was_open = conn.is_open
+        await conn.close()
+        conn = await connected(server.url)
+        assert (await conn.send(FROM, "next@example.org", MESSAGE)).accepted
+        await conn.close()
+        return was_open
+
+    with run_smtp_server(handler, pipelining=True) as server:
+        was_open = run(go())
+    assert not was_open
+    assert handler.recipients() == ["next@example.org"]
