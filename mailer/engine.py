@@ -5,7 +5,11 @@ again in the claim, just before the message goes), builds each message from the
 campaign compiled once, and queues it. One task per SMTP connection takes messages
 from the queue. Before a message is handed to SMTP its row is marked `sending` in a
 group commit that also records the connection's previous outcome, so each connection
-has at most one message in doubt at any time. Progress is reported through a callback.
+has at most one message in doubt at any time. When another message waits, a connection
+takes it before sending the current one, so that SMTP can announce it (MAIL, RCPT, DATA)
+in the same write as the current body; its body, the only part that can make it a
+delivery, still goes after its own `sending` commit. Progress is reported through a
+callback.
 """
 
 from __future__ import annotations
