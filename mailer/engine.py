@@ -313,6 +313,10 @@ class SendEngine:
     ) -> None:
         conn: Connection | None = None
         previous = Progress()
+        # Announce the next message only when it follows within about a second: a paced
+        # send would otherwise keep the server waiting in DATA, which some servers time
+        # out.
+        announce = rate.rate == 0 or rate.rate >= self.connections
         following = await queue.get()
         try:
             while True:
@@ -330,7 +334,7 @@ class SendEngine:
                 # delivered before its body, which goes only after its `sending` commit.
                 took = not queue.empty()
                 following = queue.get_nowait() if took else None  # (None may be the stop)
-                conn = await self._send_one(conn, item, previous, following)
+                conn = await self._send_one(conn, item, previous, following if announce else None)
                 queue.task_done()
                 if following is None:
                     # Nothing waiting: write the outcome now rather than with the next.
