@@ -19,6 +19,7 @@ from __future__ import annotations
 import binascii
 import email.utils
 import html
+import itertools
 import os
 import re
 import time
@@ -251,6 +252,10 @@ class CompiledCampaign:
         self.return_domain = return_domain.strip().lower()
         sender_name, self.sender_address = parse_sender(sender)
         self.sender_domain = self.sender_address.rpartition("@")[2].lower()
+        # Message-IDs: a random prefix per compiled campaign and a counter. Unique like
+        # a random id each, without a getrandom() system call per message (~3 µs).
+        self._id_prefix = os.urandom(9).hex()
+        self._id_counter = itertools.count()
         self._unsubscribe_base = public_url.rstrip("/") + "/u/"
         self._subject = tuple(subject)
         self._static_subject = (
@@ -330,7 +335,7 @@ class CompiledCampaign:
 
     def new_message_id(self) -> str:
         """A fresh Message-ID; keep it with the delivery so a retry can reuse it."""
-        return f"<{os.urandom(12).hex()}@{self.sender_domain}>"
+        return f"<{self._id_prefix}.{next(self._id_counter):x}@{self.sender_domain}>"
 
     def _date_header(self) -> bytes:
         now = int(time.time())
