@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import imaplib
-import ipaddress
-import math
 import os
 import re
 import ssl
@@ -30,7 +28,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
+
+from mailer.url_parts import (
+    credentials,
+    host_name,
+    port_number,
+    query_options,
+    timeout_seconds,
+)
 
 Scheme = Literal["maildir", "imap", "imaps"]
 Tls = Literal["none", "starttls", "implicit"]
@@ -38,7 +44,6 @@ Tls = Literal["none", "starttls", "implicit"]
 DEFAULT_TIMEOUT = 60.0
 DONE = "$CampaignsDone"
 UNKNOWN = "$CampaignsUnknown"
-_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", re.ASCII)
 _USAGE = "use maildir:///path or imaps://user:pass@host/INBOX"
 # Maildir++ subfolders (".Name" beside new/ cur/ tmp/) that marked messages move to.
 PROCESSED_FOLDER, KEPT_FOLDER = "Processed", "Kept"
@@ -140,7 +145,7 @@ def _parse(url: str) -> InboxUrl:
         raise _fail(f"unsupported scheme {scheme!r} ({_USAGE} or imap://…?tls=starttls)")
     if parts.fragment:
         raise _fail("must not have a #fragment")
-    query = _query(parts.query)
+    query = query_options(parts.query, _fail)
     if scheme == "maildir":
         if query:
             raise _fail(f"maildir takes no query options, got {sorted(query)}")
@@ -151,21 +156,14 @@ def _parse(url: str) -> InboxUrl:
             raise _fail("maildir needs a directory, e.g. maildir:///var/mail/campaigns")
         return InboxUrl(scheme="maildir", path=path)
 
-    host = _host(parts.hostname or "")
-    try:
-        port = parts.port
-    except ValueError:
-        raise _fail("the port must be a number from 1 to 65535") from None
-    if port is None:
-        port = 993 if scheme == "imaps" else 143
-    elif not 0 < port < 65536:
-        raise _fail("the port must be a number from 1 to 65535")
+    host = host_name(parts.hostname or "", _fail, "imaps://user:pass@mail.example.com/INBOX")
+    port = port_number(parts, _fail, 993 if scheme == "imaps" else 143)
     username, password = _credentials(parts.username, parts.password)
     mailbox = unquote(parts.path.lstrip("/"), errors="strict") or "INBOX"
     if not mailbox.isascii():
         raise _fail("the mailbox name must be ASCII (e.g. INBOX or Bounces)")
     tls = _tls(scheme, query.pop("tls", None))
-    timeout = _timeout(query.pop("timeout", None))
+    timeout = timeout_seconds(query.pop("timeout", None), _fail, DEFAULT_TIMEOUT)
     if query:
         raise _fail(f"unknown query option(s) {sorted(query)} (known: tls, timeout)")
     return InboxUrl(
@@ -180,40 +178,10 @@ def _parse(url: str) -> InboxUrl:
     )
 
 
-def _query(raw: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in parse_qsl(raw, keep_blank_values=True, errors="strict"):
-        k = key.strip().lower()
-        if k in out:
-            raise _fail(f"query option {k!r} given twice")
-        out[k] = value.strip()
-    return out
-
-
-def _host(host: str) -> str:
-    if not host:
-        raise _fail("needs a host, e.g. imaps://user:pass@mail.example.com/INBOX")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if not host.isascii():
-        host = host.encode("idna").decode("ascii")  # UnicodeError -> InboxUrlError
-    if len(host) > 253 or not _HOST_RE.fullmatch(host):
-        raise _fail("the host name is not valid")
-    return host
-
-
 def _credentials(user: str | None, password: str | None) -> tuple[str, str]:
     if not user or password is None:
         raise _fail("IMAP needs a user name and password (imaps://user:pass@host/INBOX)")
-    username = unquote(user, errors="strict")
-    secret = unquote(password, errors="strict")
-    for value in (username, secret):
-        value.encode("utf-8")  # lone surrogates cannot be sent; caught by parse_inbox_url
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise _fail("user name and password must not contain control characters")
-    return username, secret
+    return credentials(user, password, _fail)
 
 
 def _tls(scheme: str, value: str | None) -> Tls:
@@ -225,18 +193,6 @@ def _tls(scheme: str, value: str | None) -> Tls:
     if value not in ("starttls", "none"):
         raise _fail(f"tls for imap:// must be starttls or none, not {value!r}")
     return value  # type: ignore[return-value]
-
-
-def _timeout(value: str | None) -> float:
-    if value is None:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise _fail(f"timeout must be a number of seconds, not {value!r}") from None
-    if not math.isfinite(seconds) or not 0 < seconds <= 3600:
-        raise _fail("timeout must be more than 0 and at most 3600 seconds")
-    return seconds
 
 
 # --- Maildir -----------------------------------------------------------------------------

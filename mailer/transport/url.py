@@ -13,15 +13,19 @@ password into logs.
 
 from __future__ import annotations
 
-import ipaddress
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from mailer.transport.base import TransportConfigError
+from mailer.url_parts import (
+    credentials,
+    host_name,
+    port_number,
+    query_options,
+    timeout_seconds,
+)
 
 Scheme = Literal["smtp", "smtps", "maildir"]
 Tls = Literal["none", "starttls", "implicit"]
@@ -30,7 +34,6 @@ DEFAULT_TIMEOUT = 30.0
 _TLS_VALUES: tuple[Tls, ...] = ("none", "starttls", "implicit")
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLS |= {"0": False, "false": False, "no": False, "off": False}
-_HOST_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def _parse(url: str) -> SmtpUrl:
         raise _fail(f"unsupported scheme {scheme!r} (use smtp, smtps or maildir)")
     if parts.fragment:
         raise _fail("must not have a #fragment")
-    query = _query(parts.query)
+    query = query_options(parts.query, _fail)
     if scheme == "maildir":
         if query:
             raise _fail(f"maildir takes no query options, got {sorted(query)}")
@@ -100,19 +103,12 @@ def _parse(url: str) -> SmtpUrl:
 
     if parts.path not in ("", "/"):
         raise _fail("an smtp URL has no path; options go in the query (?tls=starttls)")
-    host = _host(parts.hostname or "")
+    host = host_name(parts.hostname or "", _fail, "smtp://mail.example.com:587")
     tls = _tls(scheme, query.pop("tls", None))
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise _fail("the port must be a number from 1 to 65535") from exc
-    if port is None:
-        port = 465 if tls == "implicit" else 25
-    elif not 0 < port < 65536:
-        raise _fail("the port must be a number from 1 to 65535")
+    port = port_number(parts, _fail, 465 if tls == "implicit" else 25)
     username, password = _credentials(parts.username, parts.password)
     verify = _bool("verify", query.pop("verify", "true"))
-    timeout = _timeout(query.pop("timeout", None))
+    timeout = timeout_seconds(query.pop("timeout", None), _fail, DEFAULT_TIMEOUT)
     if query:
         raise _fail(f"unknown query option(s) {sorted(query)} (known: tls, verify, timeout)")
     return SmtpUrl(
@@ -125,30 +121,6 @@ def _parse(url: str) -> SmtpUrl:
         verify=verify,
         timeout=timeout,
     )
-
-
-def _query(raw: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in parse_qsl(raw, keep_blank_values=True, errors="strict"):
-        k = key.strip().lower()
-        if k in out:
-            raise _fail(f"query option {k!r} given twice")
-        out[k] = value.strip()
-    return out
-
-
-def _host(host: str) -> str:
-    if not host:
-        raise _fail("needs a host, e.g. smtp://mail.example.com:587")
-    try:
-        return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
-    if not host.isascii():
-        host = host.encode("idna").decode("ascii")  # UnicodeError -> TransportConfigError
-    if len(host) > 253 or not _HOST_RE.fullmatch(host):
-        raise _fail("the host name is not valid")
-    return host
 
 
 def _tls(scheme: str, value: str | None) -> Tls:
@@ -169,13 +141,7 @@ def _credentials(user: str | None, password: str | None) -> tuple[str | None, st
         return None, None
     if password is None:
         raise _fail("has a user name but no password (smtp://user:password@host)")
-    username = unquote(user, errors="strict")
-    secret = unquote(password, errors="strict")
-    for value in (username, secret):
-        value.encode("utf-8")  # lone surrogates cannot be sent; caught by parse_smtp_url
-        if "\x00" in value or any(ord(c) < 0x20 for c in value):
-            raise _fail("user name and password must not contain control characters")
-    return username, secret
+    return credentials(user, password, _fail)
 
 
 def _bool(name: str, value: str) -> bool:
@@ -183,15 +149,3 @@ def _bool(name: str, value: str) -> bool:
         return _BOOLS[value.lower()]
     except KeyError:
         raise _fail(f"{name} must be true or false, not {value!r}") from None
-
-
-def _timeout(value: str | None) -> float:
-    if value is None:
-        return DEFAULT_TIMEOUT
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise _fail(f"timeout must be a number of seconds, not {value!r}") from None
-    if not math.isfinite(seconds) or not 0 < seconds <= 3600:
-        raise _fail("timeout must be more than 0 and at most 3600 seconds")
-    return seconds
