@@ -615,15 +615,17 @@ def _from_text(scan: _Scan, subject: str, verdict: _Make) -> Verdict:
     def status(m: re.Match[str] | None) -> str:
         return ".".join(m.groups()) if m else ""
 
-    if _DELAY_SUBJECT.search(subject):
-        found = soft_status or soft_reply or transient
+    def soft(reason: str) -> Verdict:
         return verdict(
             Kind.SOFT_BOUNCE,
             recipients,
             status=status(soft_status),
-            diagnostic=line(found),
-            reason="delay notice",
+            diagnostic=line(soft_status or soft_reply or transient),
+            reason=reason,
         )
+
+    if _DELAY_SUBJECT.search(subject):
+        return soft("delay notice")
     if hard_status or hard_reply:
         found = hard_status or hard_reply
         code = status(hard_status) or found.group(1) or found.group(2)
@@ -643,12 +645,5 @@ def _from_text(scan: _Scan, subject: str, verdict: _Make) -> Verdict:
             reason=f"bounce text: {permanent.group(0).lower()}",
         )
     if soft_status or soft_reply or transient:
-        found = soft_status or soft_reply or transient
-        return verdict(
-            Kind.SOFT_BOUNCE,
-            recipients,
-            status=status(soft_status),
-            diagnostic=line(found),
-            reason="bounce text: temporary failure",
-        )
+        return soft("bounce text: temporary failure")
     return verdict(Kind.UNKNOWN, recipients, reason="bounce notice without a reason")
