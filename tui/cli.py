@@ -310,45 +310,42 @@ def cmd_campaign_show(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_campaign_cancel(app: App, args: argparse.Namespace) -> int:
+def _change_status(
+    app: App, args: argparse.Namespace, change: str, said: Callable[[str], str]
+) -> int:
+    """cancel, pause, resume: one status change, its summary, one line of words."""
     from campaigns import campaign
 
     with app.session() as s:
-        c = campaign.cancel(s, args.name)
+        c = getattr(campaign, change)(s, args.name)
         data = campaign.summary(s, c)
-    out(data, args.json, lambda: f"cancelled {data['name']!r}")
+    out(data, args.json, lambda: said(data["name"]))
     return 0
+
+
+def cmd_campaign_cancel(app: App, args: argparse.Namespace) -> int:
+    return _change_status(app, args, "cancel", lambda n: f"cancelled {n!r}")
 
 
 def cmd_campaign_pause(app: App, args: argparse.Namespace) -> int:
-    from campaigns import campaign
-
-    with app.session() as s:
-        c = campaign.pause(s, args.name)
-        data = campaign.summary(s, c)
-    out(
-        data,
-        args.json,
-        lambda: (
-            f"paused {data['name']!r}: messages in flight finish, the rest waits "
-            f"for `campaigns campaign resume {data['name']}`"
+    return _change_status(
+        app,
+        args,
+        "pause",
+        lambda n: (
+            f"paused {n!r}: messages in flight finish, the rest waits "
+            f"for `campaigns campaign resume {n}`"
         ),
     )
-    return 0
 
 
 def cmd_campaign_resume(app: App, args: argparse.Namespace) -> int:
-    from campaigns import campaign
-
-    with app.session() as s:
-        c = campaign.resume(s, args.name)
-        data = campaign.summary(s, c)
-    out(
-        data,
-        args.json,
-        lambda: f"resumed {data['name']!r}: the next send-due (or campaign send) goes on with it",
+    return _change_status(
+        app,
+        args,
+        "resume",
+        lambda n: f"resumed {n!r}: the next send-due (or campaign send) goes on with it",
     )
-    return 0
 
 
 def cmd_campaign_schedule(app: App, args: argparse.Namespace) -> int:
