@@ -28,13 +28,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from mailer.url_parts import (
     credentials,
     host_name,
     port_number,
-    query_options,
+    split_url,
     timeout_seconds,
 )
 
@@ -44,7 +44,7 @@ Tls = Literal["none", "starttls", "implicit"]
 DEFAULT_TIMEOUT = 60.0
 DONE = "$CampaignsDone"
 UNKNOWN = "$CampaignsUnknown"
-_USAGE = "use maildir:///path or imaps://user:pass@host/INBOX"
+_USAGE = "use maildir:///path, imaps://user:pass@host/INBOX or imap://…?tls=starttls"
 # Maildir++ subfolders (".Name" beside new/ cur/ tmp/) that marked messages move to.
 PROCESSED_FOLDER, KEPT_FOLDER = "Processed", "Kept"
 
@@ -130,22 +130,7 @@ def parse_inbox_url(url: str) -> InboxUrl:
 
 
 def _parse(url: str) -> InboxUrl:
-    if not isinstance(url, str):
-        raise _fail(f"must be a string, not {type(url).__name__}")
-    text = url.strip()
-    if not text:
-        raise _fail(f"is empty ({_USAGE})")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise _fail("contains control characters")
-    if "://" not in text:
-        raise _fail(f"needs a scheme ({_USAGE})")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in ("maildir", "imap", "imaps"):
-        raise _fail(f"unsupported scheme {scheme!r} ({_USAGE} or imap://…?tls=starttls)")
-    if parts.fragment:
-        raise _fail("must not have a #fragment")
-    query = query_options(parts.query, _fail)
+    scheme, parts, query = split_url(url, _fail, ("maildir", "imap", "imaps"), _USAGE)
     if scheme == "maildir":
         if query:
             raise _fail(f"maildir takes no query options, got {sorted(query)}")

@@ -11,11 +11,33 @@ import ipaddress
 import math
 import re
 from collections.abc import Callable
-from urllib.parse import SplitResult, parse_qsl, unquote
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 Fail = Callable[[str], Exception]
 
 _HOST_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?", re.ASCII)
+
+
+def split_url(
+    url: object, fail: Fail, schemes: tuple[str, ...], usage: str
+) -> tuple[str, SplitResult, dict[str, str]]:
+    """(lower-cased scheme, the parts, the query options) of a URL with a known scheme."""
+    if not isinstance(url, str):
+        raise fail(f"must be a string, not {type(url).__name__}")
+    text = url.strip()
+    if not text:
+        raise fail(f"is empty ({usage})")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise fail("contains control characters")
+    if "://" not in text:
+        raise fail(f"needs a scheme ({usage})")
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise fail(f"unsupported scheme {scheme!r} ({usage})")
+    if parts.fragment:
+        raise fail("must not have a #fragment")
+    return scheme, parts, query_options(parts.query, fail)
 
 
 def query_options(raw: str, fail: Fail) -> dict[str, str]:

@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from typing import Literal
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 from mailer.transport.base import TransportConfigError
 from mailer.url_parts import (
     credentials,
     host_name,
     port_number,
-    query_options,
+    split_url,
     timeout_seconds,
 )
 
@@ -31,6 +31,7 @@ Scheme = Literal["smtp", "smtps", "maildir"]
 Tls = Literal["none", "starttls", "implicit"]
 
 DEFAULT_TIMEOUT = 30.0
+_USAGE = "use smtp://host:port, smtps://host or maildir:///path"
 _TLS_VALUES: tuple[Tls, ...] = ("none", "starttls", "implicit")
 _BOOLS = {"1": True, "true": True, "yes": True, "on": True}
 _BOOLS |= {"0": False, "false": False, "no": False, "off": False}
@@ -76,22 +77,7 @@ def parse_smtp_url(url: str) -> SmtpUrl:
 
 
 def _parse(url: str) -> SmtpUrl:
-    if not isinstance(url, str):
-        raise _fail(f"must be a string, not {type(url).__name__}")
-    text = url.strip()
-    if not text:
-        raise _fail("is empty (use smtp://host:port, smtps://host or maildir:///path)")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise _fail("contains control characters")
-    if "://" not in text:
-        raise _fail("needs a scheme: smtp://, smtps:// or maildir://")
-    parts = urlsplit(text)
-    scheme = parts.scheme.lower()
-    if scheme not in ("smtp", "smtps", "maildir"):
-        raise _fail(f"unsupported scheme {scheme!r} (use smtp, smtps or maildir)")
-    if parts.fragment:
-        raise _fail("must not have a #fragment")
-    query = query_options(parts.query, _fail)
+    scheme, parts, query = split_url(url, _fail, ("smtp", "smtps", "maildir"), _USAGE)
     if scheme == "maildir":
         if query:
             raise _fail(f"maildir takes no query options, got {sorted(query)}")
