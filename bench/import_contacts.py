@@ -6,8 +6,8 @@ Generates a CSV (mixed consent, countries, cities, tags and a custom attribute) 
 temporary folder, imports it in a child process (so that the peak memory printed is
 the import's own: ru_maxrss of that process), prints rows/s with the consent events
 written, then times a three-filter segment count (promotional + country + tag) with
-campaigns.segments when it is there, or with the equivalent SQL when it is not.
-Targets: >= 50,000 rows/s, peak RSS < 300 MB.
+campaigns.segments (first, on a new connection, and remembered).
+Targets: >= 50,000 rows/s, peak RSS < 300 MB, count <= 5 ms.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -112,49 +111,42 @@ def child(csv_path: str, url: str, profile: str | None) -> None:
     )
 
 
-def segment_count(url: str) -> tuple[str, int, list[float]]:
+def segment_count(url: str) -> tuple[str, int, float, float, float]:
+    """(how, count, first, uncached, cached): seconds of one three-filter count.
+
+    first: the first count of a fresh process (connection set-up and SQL compilation
+    included); uncached: best of four, each on a new connection, so that the
+    per-connection count memory (segments.count) cannot answer, as after any write;
+    cached: best of four repeats on one connection with nothing written in between.
+    """
+    from sqlmodel import Session
 
     from campaigns.db import make_engine
+    from campaigns.segments import Segment, count
+
+    segment = Segment(purpose="promotional", countries=("DE",), tags=("vip",))
+    how = "campaigns.segments.count(Segment(promotional, DE, vip))"
+
+    def once(session: Session) -> tuple[int, float]:
+        start = time.perf_counter()
+        n = count(session, segment)
+        return n, time.perf_counter() - start
 
     engine = make_engine(url)
     try:
-        from campaigns.segments import Segment, count
-    except ImportError:
-        Segment = count = None
-    times = []
-    for _ in range(5):
-        how, n, seconds = _count_once(engine, Segment, count)
-        times.append(seconds)
-    return how, n, times
-
-
-def _count_once(engine: Any, Segment: Any, count: Any) -> tuple[str, int, float]:
-    from sqlalchemy import func, select
-    from sqlmodel import Session
-
-    from campaigns.models import Contact, ContactTag
-
-    with Session(engine) as session:
-        start = time.perf_counter()
-        if Segment is not None and count is not None:
-            how = "campaigns.segments.count(Segment(promotional, DE, vip))"
-            n = count(session, Segment(purpose="promotional", countries=("DE",), tags=("vip",)))
-        else:
-            how = "SQL (campaigns/segments.py has no count yet)"
-            stmt = (
-                select(func.count())
-                .select_from(Contact)
-                .where(
-                    Contact.promotional == "granted",
-                    Contact.country == "DE",
-                    Contact.suppressed.is_(None),  # type: ignore[union-attr]
-                    select(ContactTag.contact_id)
-                    .where(ContactTag.contact_id == Contact.id, ContactTag.tag == "vip")
-                    .exists(),
-                )
-            )
-            n = session.execute(stmt).scalar_one()
-        return how, n, time.perf_counter() - start
+        with Session(engine) as session:
+            n, first = once(session)
+        uncached = []
+        for _ in range(4):
+            engine.dispose()
+            with Session(engine) as session:
+                uncached.append(once(session)[1])
+        with Session(engine) as session:
+            once(session)
+            cached = [once(session)[1] for _ in range(4)]
+    finally:
+        engine.dispose()
+    return how, n, first, min(uncached), min(cached)
 
 
 def main() -> None:
@@ -203,13 +195,14 @@ def main() -> None:
         )
     else:
         print(f"import peak RSS: {peak_kb / 1024:.0f} MB")
-    how, n, times = segment_count(url)
+    how, n, first, uncached, cached = segment_count(url)
     print(
-        f"segment count: {n:,} in {times[0] * 1000:.1f} ms the first time, "
-        f"{min(times[1:]) * 1000:.1f} ms at best of the next {len(times) - 1} via {how}"
+        f"segment count: {n:,} via {how}: {first * 1000:.1f} ms the first time in a fresh "
+        f"process, {uncached * 1000:.2f} ms on a new connection (best of 4: what a count "
+        f"costs after any write), {cached * 1000:.2f} ms remembered (best of 4)"
     )
-    ok = rate >= 50_000 and peak_kb < 300 * 1024
-    print("targets (>= 50,000 rows/s, < 300 MB):", "met" if ok else "MISSED")
+    ok = rate >= 50_000 and peak_kb < 300 * 1024 and uncached <= 0.005
+    print("targets (>= 50,000 rows/s, < 300 MB, count <= 5 ms):", "met" if ok else "MISSED")
     if args.keep:
         print(f"kept: {tmp}")
     else:

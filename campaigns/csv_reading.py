@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from campaigns import addresses
+from campaigns.tags import fold, unique_tags
 
 MAX_FIELD = 10_000
 MAX_ROW_CHARS = 1_000_000
@@ -455,8 +456,9 @@ class _RowChecker:
             tags = [t.strip() for t in tags.split(";")]
             if "" in tags:
                 tags = [t for t in tags if t]
-            if len(set(tags)) != len(tags):
-                tags = list(dict.fromkeys(tags))
+            # Tags compare case-insensitively (A-Z): "VIP" and "vip" are one tag.
+            if len(tags) > 1 and len({fold(t) for t in tags}) != len(tags):
+                tags = unique_tags(tags)
             if len(tags) and max(map(len, tags)) > _MAX_TAG:
                 tag = next(t for t in tags if len(t) > _MAX_TAG)
                 raise _Reject(f"tags: {_show(tag)} is longer than {_MAX_TAG} characters")

@@ -46,6 +46,24 @@ class SuppressionReason(StrEnum):
     SOFT_BOUNCES = "soft_bounces"
 
 
+# Bits of ``contacts.eligible`` (and its copy on each tag): a purpose's bit is set when
+# its consent is granted and the address is not suppressed (models.ELIGIBLE_SQL).
+ELIGIBLE_BIT: dict[Purpose, int] = {
+    Purpose.PROMOTIONAL: 1,
+    Purpose.RESEARCH: 2,
+    Purpose.THIRD_PARTY: 4,
+}
+
+
+def eligible_values(purpose: Purpose | None) -> tuple[int, ...]:
+    """The values of ``eligible`` that let a contact receive ``purpose`` (None: any).
+
+    Listed rather than tested bitwise so that an index on ``eligible`` serves them.
+    """
+    bit = ELIGIBLE_BIT[purpose] if purpose is not None else sum(ELIGIBLE_BIT.values())
+    return tuple(v for v in range(1, 2 * max(ELIGIBLE_BIT.values())) if v & bit)
+
+
 def parse_purpose(text: str) -> Purpose:
     try:
         return Purpose(text.strip().lower())

