@@ -123,8 +123,11 @@ def process(
     signer: TokenSigner,
     policy: Policy,
     on_message: Callable[[InboxReport], None] | None = None,
+    report: InboxReport | None = None,
 ) -> InboxReport:
-    report = InboxReport()
+    """Read every unprocessed message once; ``report`` (when given) is filled as it goes,
+    so that a caller still knows what was done when the mailbox fails half-way."""
+    report = report if report is not None else InboxReport()
     for key, raw in box.unprocessed():
         report.read += 1
         verdict, item = understand(raw, signer)
@@ -153,7 +156,9 @@ def process(
     return report
 
 
-def process_inbox(settings: Settings, engine: Engine) -> InboxReport:
+def process_inbox(
+    settings: Settings, engine: Engine, report: InboxReport | None = None
+) -> InboxReport:
     """One run over the configured return mailbox (CAMPAIGNS_INBOX_URL)."""
     if not settings.inbox_url:
         raise InboxNotConfigured(
@@ -167,4 +172,4 @@ def process_inbox(settings: Settings, engine: Engine) -> InboxReport:
     )
     signer = signer_from_settings(settings)
     with open_mailbox(settings.inbox_url) as box:
-        return process(box, engine, signer, policy)
+        return process(box, engine, signer, policy, report=report)

@@ -14,10 +14,13 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from campaigns.config import ConfigError, Settings, load_settings
 from campaigns.db import DatabaseError
+
+if TYPE_CHECKING:  # the mailer is imported only by the commands that use it
+    from mailer.inbox import InboxReport
 
 PROG = "campaigns"
 
@@ -532,42 +535,48 @@ def cmd_send_due(app: App, args: argparse.Namespace) -> int:
     return 0
 
 
+def _inbox_summary(report: InboxReport) -> str:
+    from mailer.inbox import WORDS
+
+    if not report.read:
+        return "the return mailbox holds nothing new"
+    done = [
+        plural(report.applied[effect.value], words)
+        for effect, words in WORDS.items()
+        if report.applied[effect.value]
+    ]
+    lines = [f"read {plural(report.read, 'message')}: " + (", ".join(done) or "no effect")]
+    if report.suppressed or report.withdrawn:
+        lines.append(
+            f"{plural(report.suppressed, 'address', 'addresses')} suppressed, "
+            f"{plural(report.withdrawn, 'consent')} withdrawn"
+        )
+    if report.ignored:
+        ignored = plural(report.ignored, "auto-reply or notice", "auto-replies or notices")
+        lines.append(f"{ignored} ignored")
+    if report.duplicates:
+        lines.append(f"{plural(report.duplicates, 'message')} already processed")
+    if report.kept:
+        lines.append(f"kept and flagged for a human: {len(report.kept)}")
+        lines += [f"  {key}: {why}" for key, why in report.kept]
+    return "\n".join(lines)
+
+
 def cmd_inbox_process(app: App, args: argparse.Namespace) -> int:
-    from mailer.inbox import WORDS, InboxNotConfigured, process_inbox
+    from mailer.inbox import InboxNotConfigured, InboxReport, process_inbox
     from mailer.mailbox import InboxUrlError, MailboxError
 
+    report = InboxReport()
     try:
-        report = process_inbox(app.settings, app.engine)
+        process_inbox(app.settings, app.engine, report)
     except (InboxNotConfigured, InboxUrlError) as exc:
         raise UsageError(str(exc)) from exc
     except MailboxError as exc:
+        # What was applied before the failure stays applied: say so before the error.
+        if report.read:
+            out(report.as_dict(), args.json, lambda: _inbox_summary(report))
         raise Failure(str(exc)) from exc
-
-    def text() -> str:
-        if not report.read:
-            return "the return mailbox holds nothing new"
-        done = [
-            plural(report.applied[effect.value], words)
-            for effect, words in WORDS.items()
-            if report.applied[effect.value]
-        ]
-        lines = [f"read {plural(report.read, 'message')}: " + (", ".join(done) or "no effect")]
-        if report.suppressed or report.withdrawn:
-            lines.append(
-                f"{plural(report.suppressed, 'address', 'addresses')} suppressed, "
-                f"{plural(report.withdrawn, 'consent')} withdrawn"
-            )
-        if report.ignored:
-            ignored = plural(report.ignored, "auto-reply or notice", "auto-replies or notices")
-            lines.append(f"{ignored} ignored")
-        if report.duplicates:
-            lines.append(f"{plural(report.duplicates, 'message')} already processed")
-        if report.kept:
-            lines.append(f"kept and flagged for a human: {len(report.kept)}")
-            lines += [f"  {key}: {why}" for key, why in report.kept]
-        return "\n".join(lines)
-
-    out(report.as_dict(), args.json, text)
+    out(report.as_dict(), args.json, lambda: _inbox_summary(report))
     # Like an import with rejected rows: something needs a person, so cron should say so.
     return 1 if report.kept else 0
 

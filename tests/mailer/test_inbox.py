@@ -349,3 +349,26 @@ def test_malformed_returns_never_touch_anyone_not_named(
         c.email_key for c in people if c.email_key.encode() in raw.lower()
     }
     assert changed <= named
+
+
+def test_a_mailbox_failing_half_way_still_says_what_was_done(
+    db: Db, inbox: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    people = add_people(db, [TWO] * 2)
+    sent = send_campaign(db, inbox, people)
+    box = new_maildir(tmp_path / "returns")
+    drop(box, sent[people[0].email.lower()].returned("exim_user_unknown.eml"))
+    drop(box, b"a message for a human")
+    # The folder for kept messages cannot be made: the second message fails to move.
+    (box / ".Kept").write_text("in the way")
+    done = run_inbox(db, f"maildir://{box}")
+    assert done.returncode == 1
+    assert "read 2 messages: 1 hard bounce" in done.stdout
+    assert "1 address suppressed" in done.stdout
+    assert len(done.stderr.strip().splitlines()) == 1 and ".Kept" in done.stderr, done.stderr
+    assert contact(db, people[0].email).suppressed == "hard_bounce"
+    # The bounce was marked before the failure: the next run does not read it again.
+    (box / ".Kept").unlink()
+    again = run_inbox(db, f"maildir://{box}", "--json")
+    assert json.loads(again.stdout)["read"] == 1, again.stdout
+    assert again.returncode == 1  # the human's message, kept this time
