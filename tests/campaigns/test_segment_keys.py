@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from campaigns import consent, contacts, segments, suppression
 from campaigns.consent import ConsentConflict
 from campaigns.csv_import import import_contacts
-from campaigns.models import ContactTag
+from campaigns.models import Contact, ContactTag
 from campaigns.purposes import Purpose, SuppressionReason
 from campaigns.segments import Segment
 from tests.conftest import Db
@@ -186,3 +187,32 @@ def test_one_tag_per_contact_however_cased(db: Db, tmp_path: Path) -> None:
         # The first spelling stays; only the new tag is added.
         assert contacts.tags_of(s, contact.id or 0) == ["News", "VIP", "wine"]
         assert segments.count(s, Segment(purpose=Purpose.PROMOTIONAL, tags=("Vip",))) == 1
+
+
+@pytest.mark.parametrize("first", ["tag", "withdrawal"])
+def test_a_tag_added_during_a_withdrawal_gets_the_new_keys(db: Db, first: str) -> None:
+    """PostgreSQL runs writers at once: whichever commits first, the copy ends right."""
+    if db.dialect != "postgresql":
+        pytest.skip("SQLite has one writer at a time")
+    with db.session() as s:
+        c = Contact(email="a@x.de", email_key="a@x.de", country="DE", promotional="granted")
+        s.add(c)
+        s.commit()
+        cid = c.id
+    add_tag = text("INSERT INTO contact_tags (contact_id, tag) VALUES (:c, 'vip')")
+    withdraw = text("UPDATE contacts SET promotional = 'withdrawn' WHERE id = :c")
+    statements = [add_tag, withdraw] if first == "tag" else [withdraw, add_tag]
+    with db.engine.connect() as one, db.engine.connect() as two:
+        one.begin()
+        one.execute(statements[0], {"c": cid})
+        # The second writer waits for the first one's lock: run it in a thread.
+        second = threading.Thread(
+            target=lambda: (two.begin(), two.execute(statements[1], {"c": cid}), two.commit())
+        )
+        second.start()
+        second.join(0.5)
+        one.commit()
+        second.join(10)
+        assert not second.is_alive()
+    people, tags = snapshot(db)  # asserts every copy equals its contact
+    assert people[cid]["eligible"] == 0 and tags == {cid: {"vip"}}

@@ -56,7 +56,9 @@ _SQLITE_TRIGGERS = [
     END
     """,
     # A tag written without the keys (SQLite cannot change NEW before the insert):
-    # fill them from the contact. The importer writes them itself, with a SELECT.
+    # fill them from the contact. Keys a writer gives are trusted: only the importer
+    # gives them, for contacts it has just written (checking each against the contact
+    # would cost a look-up per tag). SQLite has one writer at a time: no race here.
     """
     CREATE TRIGGER contact_tags_segment_keys
     AFTER INSERT ON contact_tags
@@ -86,11 +88,14 @@ _PG_TRIGGERS = [
     FOR EACH ROW EXECUTE FUNCTION contacts_segment_keys()
     """,
     # PostgreSQL can set the keys before the row is written, whatever the writer gave.
+    # FOR SHARE: a consent change to the contact in a concurrent transaction either
+    # commits first (and is read here) or waits for this one (and its trigger then
+    # sees this tag); without it the tag could keep the keys from before the change.
     """
     CREATE FUNCTION contact_tags_segment_keys() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN
         SELECT eligible, country INTO NEW.eligible, NEW.country
-        FROM contacts WHERE id = NEW.contact_id;
+        FROM contacts WHERE id = NEW.contact_id FOR SHARE;
         RETURN NEW;
     END $$
     """,
