@@ -7,6 +7,7 @@ the web page and the UI can share one file. PostgreSQL is used as given.
 from __future__ import annotations
 
 import secrets
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +23,8 @@ from campaigns.models import AppMeta
 # The newest migration in campaigns/migrations/versions; a test keeps them in step.
 SCHEMA_HEAD = "0003"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+# Generated columns (schema 0003) need SQLite 3.31.
+SQLITE_MIN = (3, 31, 0)
 
 
 class DatabaseError(Exception):
@@ -57,6 +60,11 @@ def make_engine(url: str) -> Engine:
         raise DatabaseError(f"bad database URL: {url!r}") from exc
     kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
+        if sqlite3.sqlite_version_info < SQLITE_MIN:
+            raise DatabaseError(
+                f"SQLite {'.'.join(map(str, SQLITE_MIN[:2]))} or newer is needed; "
+                f"this Python has {sqlite3.sqlite_version}"
+            )
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         kwargs["connect_args"] = {"timeout": 30}

@@ -175,3 +175,19 @@ def test_upgrade_to_segment_keys_fills_the_copies_and_merges_tags(db_url: str) -
         assert segments.count(s, Segment(purpose="research", tags=("vip",))) == 2
         assert segments.count(s, Segment(tags=("vip",), countries=("CH",))) == 1
     engine.dispose()
+
+
+def test_an_old_sqlite_is_refused_in_one_line(tmp_path, monkeypatch) -> None:
+    import sqlite3
+
+    import pytest
+
+    from campaigns.db import DatabaseError
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 30, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.30.1")
+    with pytest.raises(
+        DatabaseError, match=r"^SQLite 3\.31 or newer is needed; this Python has 3\.30\.1$"
+    ):
+        make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    assert not (tmp_path / "x.db").exists()
