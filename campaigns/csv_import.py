@@ -38,6 +38,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -457,6 +458,10 @@ _DEADLOCK = "40P01"
 
 
 def _run_batch(conn: Connection, records: list[_Record], ctx: _Context) -> _Outcome:
+    if conn.in_transaction():
+        # SQLite, in a transaction that groups batches (_write_batches): BEGIN IMMEDIATE
+        # took the write lock, so nobody can add an address between look-up and insert.
+        return _write_batch(conn, records, ctx)
     attempts = 3
     for attempt in range(attempts):
         try:
@@ -658,6 +663,16 @@ def _import_rows(
         _write_batches(conn, _read_batches(path, checker, BATCH_ROWS), ctx, report, progress)
 
 
+# SQLite: batches written in one transaction, up to this many rows or this long. With
+# addresses in random order, each commit rewrites most leaf pages of the address index
+# into the WAL; committing every 40,000 rows instead of every 10,000 wrote 1,000,000
+# contacts ~25 % faster in the writer. Memory does not grow (the batches are not kept;
+# SQLite spills pages beyond its cache to the WAL), and the write lock is held for about
+# a second at most, so an unsubscribe during an import waits no longer than that.
+GROUP_ROWS = 40_000
+GROUP_SECONDS = 1.0
+
+
 def _write_batches(
     conn: Connection,
     batches: Iterator[_Batch],
@@ -665,14 +680,31 @@ def _write_batches(
     report: ImportReport,
     progress: Callable[[int], None] | None,
 ) -> None:
+    grouped = conn.dialect.name == "sqlite" and not ctx.dry_run
     done = reported = 0
-    for batch, rejected, done in batches:
-        report.rejected.extend(rejected)
-        if batch:
+    group_rows, group_start = 0, 0.0
+    try:
+        for batch, rejected, done in batches:
+            report.rejected.extend(rejected)
+            if not batch:
+                continue
+            if grouped and not conn.in_transaction():
+                conn.begin()
+                group_rows, group_start = 0, time.monotonic()
             _merge(report, _run_batch(conn, batch, ctx))
+            group_rows += len(batch)
+            if conn.in_transaction() and (
+                group_rows >= GROUP_ROWS or time.monotonic() - group_start >= GROUP_SECONDS
+            ):
+                conn.commit()
             if progress is not None:
                 progress(done)
                 reported = done
+        if conn.in_transaction():
+            conn.commit()
+    finally:
+        if conn.in_transaction():  # an error half-way: nothing of this group is kept
+            conn.rollback()
     if progress is not None and (done != reported or not done):
         progress(done)
 

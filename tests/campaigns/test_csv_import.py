@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -512,6 +513,39 @@ def test_small_batches_progress_and_duplicates_across_batches(
     ]
     assert seen == sorted(seen) and seen[-1] == 11 and len(seen) >= 3
     assert len(events(db)) == 5
+    assert_ledger_consistent(db)
+
+
+def test_sqlite_commits_batches_in_groups_and_a_failure_keeps_earlier_groups(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.dialect != "sqlite":
+        pytest.skip("PostgreSQL commits each batch (concurrent writers may need a retry)")
+    monkeypatch.setattr(csv_import, "BATCH_ROWS", 3)
+    monkeypatch.setattr(csv_import, "GROUP_ROWS", 7)
+    rows = [f"p{i}@example.com,yes,vip" for i in range(20)]
+    visible: list[int] = []
+
+    def count_from_elsewhere(done: int) -> None:
+        # A plain reader (deferred transaction): WAL lets it in at any time.
+        other = sqlite3.connect(db.engine.url.database or "")
+        try:
+            visible.append(other.execute("SELECT count(*) FROM contacts").fetchone()[0])
+        finally:
+            other.close()
+        if len(visible) == 5:
+            raise OSError("disk full")  # stands for anything failing half-way
+
+    with pytest.raises(OSError, match="disk full"):
+        run(
+            db,
+            write(tmp_path, "email,consent_promotional,tags\n" + "\n".join(rows) + "\n"),
+            progress=count_from_elsewhere,
+        )
+    # Batches of 3 rows, committed once a group holds 7 or more: after 9, after 18 ...
+    assert visible == [0, 0, 9, 9, 9]
+    # ... and the group the failure hit is rolled back whole.
+    assert len(people(db)) == 9 and len(events(db)) == 9
     assert_ledger_consistent(db)
 
 
