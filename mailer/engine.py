@@ -20,7 +20,7 @@ import socket
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 from sqlalchemy import Connection as DbConnection
 from sqlalchemy import Engine
@@ -81,8 +81,7 @@ class Connection(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class _Item:
+class _Item(NamedTuple):  # a tuple: a frozen dataclass cost ~1 µs more a message
     delivery_id: int
     email: str
     envelope_from: str
