@@ -399,6 +399,37 @@ def _mark(conn: Any, status: str, ids: list[int], sent_at: datetime | None = Non
     conn.exec_driver_sql(*_mark_sql(mark, status, ids, when))
 
 
+def hold_checkpoints(conn: Connection) -> int | None:
+    """SQLite: let no commit on `conn` checkpoint the WAL itself (the send engine runs
+    `checkpoint` in a thread instead). Returns the setting to give back, None elsewhere."""
+    if conn.dialect.name != "sqlite":
+        return None
+    # On the driver connection: through SQLAlchemy a PRAGMA would begin a transaction.
+    raw = conn.connection.dbapi_connection
+    assert raw is not None
+    before = int(raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+    raw.execute("PRAGMA wal_autocheckpoint=0")
+    return before
+
+
+def restore_checkpoints(conn: Connection, before: int | None) -> None:
+    raw = conn.connection.dbapi_connection
+    if before is not None and raw is not None:
+        raw.execute(f"PRAGMA wal_autocheckpoint={int(before)}")
+
+
+def checkpoint(engine: Engine) -> None:
+    """Copy the WAL back into the SQLite file without waiting for anyone (PASSIVE)."""
+    raw = engine.raw_connection()
+    try:
+        cur = raw.cursor()
+        cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        cur.fetchall()
+        cur.close()
+    finally:
+        raw.close()
+
+
 def release(engine: Engine, delivery_ids: Sequence[int]) -> None:
     """Give back claims that were never handed to SMTP (a clean stop)."""
     if not delivery_ids:

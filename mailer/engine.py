@@ -91,6 +91,9 @@ class _Item(NamedTuple):  # a tuple: a frozen dataclass cost ~1 µs more a messa
 
 # Loop passes with no new marks after which the committer stops waiting for more.
 _SPINS = 4
+# SQLite: commits between two WAL checkpoints run in a thread. A commit dirties ~6 pages,
+# so this keeps the WAL under SQLite's own 1,000-page mark.
+_CHECKPOINT_EVERY = 100
 
 
 class _GroupCommitter:
@@ -107,6 +110,12 @@ class _GroupCommitter:
         self.expected = 1
         # One connection for the whole run, not one from the pool per commit.
         self._conn: DbConnection | None = None
+        # On SQLite a commit that crosses the WAL's checkpoint mark copies the WAL into
+        # the file (and fsyncs) before it returns, stalling every connection: here that
+        # is done by a thread, where SQLite runs without the GIL (bench/README.md).
+        self._autocheckpoint: int | None = None
+        self._commits = 0
+        self._checkpoint: asyncio.Future[None] | None = None
 
     async def submit(self, progress: Progress) -> None:
         if not progress:
@@ -137,7 +146,9 @@ class _GroupCommitter:
                 try:
                     if self._conn is None:
                         self._conn = self.db.connect()
+                        self._autocheckpoint = deliveries.hold_checkpoints(self._conn)
                     await _db_call(deliveries.commit_progress, self._conn, self.campaign_id, batch)
+                    self._maybe_checkpoint()
                 except BaseException as exc:
                     for w in waiters:
                         if not w.done():
@@ -148,7 +159,22 @@ class _GroupCommitter:
                 if not w.done():
                     w.set_result(None)
             if self._closing and not self._batch:
+                if self._checkpoint is not None:
+                    await self._checkpoint
                 return
+
+    def _maybe_checkpoint(self) -> None:
+        if self._autocheckpoint is None:
+            return
+        self._commits += 1
+        if self._commits < _CHECKPOINT_EVERY or not (
+            self._checkpoint is None or self._checkpoint.done()
+        ):
+            return
+        if self._checkpoint is not None:
+            self._checkpoint.result()  # a failed checkpoint stops the run like a failed commit
+        self._commits = 0
+        self._checkpoint = asyncio.ensure_future(asyncio.to_thread(deliveries.checkpoint, self.db))
 
     def close(self) -> None:
         self._closing = True
@@ -157,7 +183,10 @@ class _GroupCommitter:
     def release(self) -> None:
         """Give the run's connection back to the pool (after `run` has returned)."""
         if self._conn is not None:
-            self._conn.close()
+            try:
+                deliveries.restore_checkpoints(self._conn, self._autocheckpoint)
+            finally:
+                self._conn.close()
             self._conn = None
 
 
