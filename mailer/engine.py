@@ -15,6 +15,7 @@ callback.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -61,6 +62,8 @@ class RunReport:
     finished: bool = False
     stopped: str = ""
 
+
+log = logging.getLogger("campaigns.send")
 
 ProgressCallback = Callable[[RunReport], None]
 T = TypeVar("T")
@@ -171,10 +174,8 @@ class _GroupCommitter:
             self._checkpoint is None or self._checkpoint.done()
         ):
             return
-        if self._checkpoint is not None:
-            self._checkpoint.result()  # a failed checkpoint stops the run like a failed commit
         self._commits = 0
-        self._checkpoint = asyncio.ensure_future(asyncio.to_thread(deliveries.checkpoint, self.db))
+        self._checkpoint = asyncio.ensure_future(asyncio.to_thread(_checkpoint, self.db))
 
     def close(self) -> None:
         self._closing = True
@@ -188,6 +189,15 @@ class _GroupCommitter:
             finally:
                 self._conn.close()
             self._conn = None
+
+
+def _checkpoint(db: Engine) -> None:
+    # A failed checkpoint loses nothing (the WAL only grows until the next one, and other
+    # connections still checkpoint): say so, but don't stop a send that is going well.
+    try:
+        deliveries.checkpoint(db)
+    except Exception as exc:
+        log.warning("WAL checkpoint failed: %s", exc)
 
 
 def run_loop(coro: Coroutine[Any, Any, T]) -> T:
