@@ -514,11 +514,12 @@ class SmtpConnection:
         body = data.replace(b"\r\n.", b"\r\n..")
         if body[:1] == b".":
             body = b"." + body
-        body += b".\r\n" if body[-2:] == b"\r\n" else b"\r\n.\r\n"
+        # The terminator is joined on in the one write of the body (no extra copy).
+        end = b".\r\n" if body[-2:] == b"\r\n" else b"\r\n.\r\n"
         try:
             if self.pipelining:
-                return await self._send_pipelined(proto, head, body, then)
-            return await self._send_stepwise(proto, head, body)
+                return await self._send_pipelined(proto, head, body, end, then)
+            return await self._send_stepwise(proto, head, body, end)
         except TimeoutError as exc:
             # Only reached before the body went out; see _finish for the in-doubt case.
             self._abort()
@@ -568,6 +569,7 @@ class SmtpConnection:
         proto: _Protocol,
         head: bytes,
         body: bytes,
+        end: bytes,
         then: tuple[str, str, bytes] | None,
     ) -> SendOutcome:
         # MAIL, RCPT and DATA in one write (or already written with the previous body),
@@ -602,7 +604,7 @@ class SmtpConnection:
                 got = self._head(*then)
                 if isinstance(got, bytes):
                     next_head = got
-            return await self._finish(proto, body, next_head)
+            return await self._finish(proto, body, end, next_head)
         if data == 354:
             # DATA was accepted although MAIL or RCPT failed: end it with an empty
             # message (RFC 2920 §3.1); its reply and RSET's are read with the next send.
@@ -616,7 +618,9 @@ class SmtpConnection:
             self._closing()
         return outcome
 
-    async def _send_stepwise(self, proto: _Protocol, head: bytes, body: bytes) -> SendOutcome:
+    async def _send_stepwise(
+        self, proto: _Protocol, head: bytes, body: bytes, end: bytes
+    ) -> SendOutcome:
         mail_line, _, rcpt_line = head.partition(b"\r\n")
         for line, stage in ((mail_line, "mail"), (rcpt_line[:-2], "rcpt"), (b"DATA", "data")):
             proto.write(line + b"\r\n")
@@ -629,10 +633,10 @@ class SmtpConnection:
                     proto.write(b"RSET\r\n")  # no PIPELINING: wait for its reply now
                     await proto.read(1)
                 return _outcome(code, text, stage)  # type: ignore[arg-type]
-        return await self._finish(proto, body)
+        return await self._finish(proto, body, end)
 
     async def _finish(
-        self, proto: _Protocol, body: bytes, next_head: bytes | None = None
+        self, proto: _Protocol, body: bytes, end: bytes, next_head: bytes | None = None
     ) -> SendOutcome:
         """Write the body and read the verdict: once all of it is written, a lost reply
         means the message is in doubt; lost before that, it certainly was not taken.
@@ -640,11 +644,12 @@ class SmtpConnection:
         try:
             if len(body) <= _CHUNK:
                 if next_head is not None:
-                    proto.write(body + next_head + b"DATA\r\n")
+                    proto.write(b"".join((body, end, next_head, b"DATA\r\n")))
                     self._ahead = next_head
                 else:
-                    proto.write(body)
+                    proto.write(body + end)
             else:
+                body += end
                 view = memoryview(body)
                 for i in range(0, len(body), _CHUNK):
                     await proto.drain()

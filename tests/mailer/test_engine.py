@@ -8,6 +8,7 @@ import random
 import threading
 from collections import Counter
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
@@ -227,3 +228,25 @@ def test_a_claim_carries_each_contacts_attributes(db: Db) -> None:
         people[1].id: {"plan": "gold", "city": "Köln"},
         people[2].id: {},
     }
+
+
+def test_sqlite_checkpoints_in_a_thread_keep_the_send_whole_and_give_the_setting_back(
+    db: Db, inbox: tuple[Inbox, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if db.engine.dialect.name != "sqlite":
+        pytest.skip("WAL checkpoints are SQLite's")
+    import mailer.engine
+
+    # A checkpoint after every commit, so this short send makes several.
+    monkeypatch.setattr(mailer.engine, "_CHECKPOINT_EVERY", 1)
+    handler, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 30)
+    new_campaign(db, Kind.PROMOTIONAL)
+    report = send_now(smtp_settings(db.settings, port, smtp_connections=2), db.engine, "c")
+    assert report.sent == len(people) and report.finished
+    assert sorted(handler.counts().values()) == [1] * len(people)
+    with db.engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        assert raw is not None
+        # The committer's connection is back in the pool checkpointing by itself again.
+        assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
