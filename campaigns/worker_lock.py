@@ -79,8 +79,17 @@ class WorkerLock:
 
     def release(self) -> None:
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            # The lock belongs to the database session, and closing a pooled connection
+            # keeps the session: unlock it, or a long-lived process (the UI) would look
+            # alive to every later worker and its orphaned claims would never be freed.
+            try:
+                self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _key(self.worker)})
+                self._conn.commit()
+            except Exception:
+                self._conn.invalidate()  # a session that is closed holds no locks
+            finally:
+                self._conn.close()
+                self._conn = None
         if self._file is not None:
             fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
             self._file.close()

@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
@@ -119,10 +119,14 @@ class _GroupCommitter:
         self._autocheckpoint: int | None = None
         self._commits = 0
         self._checkpoint: asyncio.Future[None] | None = None
+        # Set when run() has died: nobody would ever answer a later submit.
+        self._failed: BaseException | None = None
 
     async def submit(self, progress: Progress) -> None:
         if not progress:
             return
+        if self._failed is not None:
+            raise self._failed
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._batch.merge(progress)
         self._waiters.append(fut)
@@ -130,6 +134,19 @@ class _GroupCommitter:
         await fut
 
     async def run(self, on_commit: Callable[[Progress], None]) -> None:
+        try:
+            await self._run(on_commit)
+        except BaseException as exc:
+            # A connection waiting for its marks must hear of it, now and later, or it
+            # would wait for ever (and the run with it).
+            self._failed = exc
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:
+                if not w.done():
+                    w.set_exception(exc)
+            raise
+
+    async def _run(self, on_commit: Callable[[Progress], None]) -> None:
         while True:
             await self._wake.wait()
             # Let every connection that is ready hand in its marks first: fewer, larger
@@ -285,19 +302,51 @@ class SendEngine:
             asyncio.create_task(self._sender(queue, committer, rate))
             for _ in range(self.connections)
         ]
+        failed: list[BaseException] = []
+        broken = asyncio.Event()
+        leftovers: list[int] = []
+
+        def stop_on_failure(task: asyncio.Task[None]) -> None:
+            # The committer or a connection died (the database went away, say): stop
+            # claiming, or the claimer would wait for ever on a queue nobody empties.
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                failed.append(exc)
+                broken.set()
+
+        for task in (commit_task, *senders):
+            task.add_done_callback(stop_on_failure)
         try:
-            await self._claimer(campaign_id, compiled, queue, report)
+            await self._claimer(campaign_id, compiled, queue, report, broken, leftovers)
         finally:
-            for _ in senders:
-                await queue.put(None)
+            if not failed:
+                await _stop(queue, len(senders), broken)
+            if failed:
+                # What is queued goes back; connections still sending are stopped (a
+                # message already announced stays `sending`: in doubt, as after a crash).
+                leftovers += [i.delivery_id for i in _drain(queue)]
+                for task in senders:
+                    task.cancel()
             results = await asyncio.gather(*senders, return_exceptions=True)
             committer.close()
             try:
                 await commit_task
+            except Exception:
+                if not failed:
+                    raise
             finally:
-                committer.release()
-            leftovers = [i.delivery_id for i in _drain(queue)]
-            await asyncio.to_thread(deliveries.release, self.db, leftovers)
+                try:
+                    committer.release()
+                except Exception:
+                    if not failed:
+                        raise
+            leftovers += [i.delivery_id for i in _drain(queue)]
+            try:
+                await asyncio.to_thread(deliveries.release, self.db, leftovers)
+            except Exception:
+                if not failed:
+                    raise
+        if failed:
+            raise failed[0]
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]
@@ -311,8 +360,13 @@ class SendEngine:
         compiled: CompiledCampaign,
         queue: asyncio.Queue[_Item | None],
         report: RunReport,
+        broken: asyncio.Event,
+        unqueued: list[int],
     ) -> None:
-        while True:
+        """Claim and queue until nothing is left, or the run breaks (`broken`): then it
+        stops between claims, never inside one, and lists what it claimed but did not
+        queue in `unqueued` (a claim cut off in its thread would be lost to this run)."""
+        while not broken.is_set():
             got: ClaimResult = await _db_call(
                 deliveries.claim, self.db, campaign_id, self.worker, self.claim_size
             )
@@ -324,16 +378,23 @@ class SendEngine:
                     report.stopped = f"campaign {got.status}"
                 return
             for c in got.ready:
+                if broken.is_set():
+                    unqueued.append(c.delivery_id)
+                    continue
                 r = Recipient(c.contact_id, c.email, c.name, c.attributes)
                 item = _Item(
                     c.delivery_id, c.email, compiled.envelope_from(r), compiled.build(r), c.attempts
                 )
-                await queue.put(item)
+                if not queue.full():
+                    queue.put_nowait(item)
+                elif not await _unless(queue.put(item), broken):
+                    unqueued.append(c.delivery_id)
             if got.ready:
                 continue
             # Nothing claimable: let the connections finish (and record retries), then
             # wait for a retry that is due soon, or stop and leave it to the next run.
-            await queue.join()
+            if not await _unless(queue.join(), broken):
+                return
             when = await asyncio.to_thread(deliveries.next_retry_at, self.db, campaign_id)
             if when is None:
                 return
@@ -341,7 +402,7 @@ class SendEngine:
             if wait > self.settings.retry_wait:
                 report.stopped = f"retries wait until {when.isoformat()}"
                 return
-            await asyncio.sleep(max(wait, 0.0) + 0.01)
+            await _unless(asyncio.sleep(max(wait, 0.0) + 0.01), broken)
 
     async def _sender(
         self,
@@ -464,6 +525,27 @@ async def _db_call(fn: Callable[..., T], db: Engine, *args: Any) -> T:
     if db.dialect.name == "sqlite":
         return fn(db, *args)
     return await asyncio.to_thread(fn, db, *args)
+
+
+async def _unless(step: Awaitable[Any], broken: asyncio.Event) -> bool:
+    """Await `step` unless the run breaks first (then `step` is cancelled): True if done."""
+    task = asyncio.ensure_future(step)
+    halt = asyncio.ensure_future(broken.wait())
+    await asyncio.wait({task, halt}, return_when=asyncio.FIRST_COMPLETED)
+    halt.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    return False
+
+
+async def _stop(queue: asyncio.Queue[_Item | None], senders: int, broken: asyncio.Event) -> None:
+    """One stop sign per connection, unless the run breaks meanwhile (a dead connection
+    takes nothing from a full queue)."""
+    for _ in range(senders):
+        if not await _unless(queue.put(None), broken):
+            return
 
 
 def _drain(queue: asyncio.Queue[_Item | None]) -> list[_Item]:

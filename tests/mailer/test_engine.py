@@ -250,3 +250,52 @@ def test_sqlite_checkpoints_in_a_thread_keep_the_send_whole_and_give_the_setting
         assert raw is not None
         # The committer's connection is back in the pool checkpointing by itself again.
         assert raw.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 1000
+
+
+class _Boom(RuntimeError):
+    pass
+
+
+def test_a_run_that_breaks_half_way_stops_at_once_and_the_next_run_misses_nobody(
+    db: Db, inbox: tuple[Inbox, int]
+) -> None:
+    """The committer dying (here: the progress callback it calls raises) used to leave
+    every connection waiting for its marks for ever, and the send-due lock held."""
+    handler, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 60)
+    new_campaign(db, Kind.PROMOTIONAL)
+    conf = smtp_settings(db.settings, port, smtp_connections=4)
+    calls: list[int] = []
+
+    def breaks(report: object) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise _Boom("the screen went away")
+
+    outcome: list[BaseException | object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(send_now(conf, db.engine, "c", progress=breaks))
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(30)
+    assert not thread.is_alive(), "the run hung after its committer died"
+    assert isinstance(outcome[0], _Boom), outcome
+    first = len(handler.received)
+    assert first < len(people)
+
+    again = send_now(conf, db.engine, "c")
+    assert again.finished
+    got = handler.counts()
+    assert max(got.values()) == 1  # nobody twice
+    # Messages whose connection was stopped while sending them are in doubt (they may or
+    # may not have arrived) and are never resent; everyone else got theirs.
+    with db.session() as s:
+        in_doubt = s.exec(select(Delivery).where(Delivery.status == "in_doubt")).all()
+        doubtful = {s.get(Contact, d.contact_id).email for d in in_doubt}  # type: ignore[union-attr]
+    assert {p.email for p in people} - doubtful <= set(got)
+    assert len(in_doubt) <= conf.smtp_connections
