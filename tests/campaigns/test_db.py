@@ -51,7 +51,10 @@ def test_migrations_match_the_models(db_url: str) -> None:
         if conn.dialect.name == "postgresql":
             diffs = [d for d in diffs if not _is_pg_tag_index(d)]
             indexdef = conn.execute(
-                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_contact_tags_segment'")
+                text(
+                    "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_contact_tags_segment'"
+                    " AND schemaname = current_schema()"
+                )
             ).scalar_one()
             assert "UNIQUE" in indexdef and 'lower(((tag)::text COLLATE "C"))' in indexdef
     assert diffs == []
