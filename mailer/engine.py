@@ -121,13 +121,16 @@ class _GroupCommitter:
         self._checkpoint: asyncio.Future[None] | None = None
         # Set when run() has died: nobody would ever answer a later submit.
         self._failed: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def submit(self, progress: Progress) -> None:
         if not progress:
             return
         if self._failed is not None:
             raise self._failed
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._loop is None:  # kept: on Python 3.11 each lookup is a getpid() call
+            self._loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = self._loop.create_future()
         self._batch.merge(progress)
         self._waiters.append(fut)
         self._wake.set()
@@ -312,6 +315,8 @@ class SendEngine:
             if not task.cancelled() and (exc := task.exception()) is not None:
                 failed.append(exc)
                 broken.set()
+                # What is queued goes back, and a claimer waiting for room wakes.
+                leftovers.extend(i.delivery_id for i in _drain(queue))
 
         for task in (commit_task, *senders):
             task.add_done_callback(stop_on_failure)
@@ -385,10 +390,12 @@ class SendEngine:
                 item = _Item(
                     c.delivery_id, c.email, compiled.envelope_from(r), compiled.build(r), c.attempts
                 )
-                if not queue.full():
+                if queue.full():
+                    # A plain put: a broken run empties the queue, which wakes it (waiting
+                    # with `_unless` cost two tasks a message).
+                    await queue.put(item)
+                else:
                     queue.put_nowait(item)
-                elif not await _unless(queue.put(item), broken):
-                    unqueued.append(c.delivery_id)
             if got.ready:
                 continue
             # Nothing claimable: let the connections finish (and record retries), then
