@@ -248,6 +248,9 @@ class CompiledCampaign:
         self.campaign_id = campaign_id
         self.slots = tuple(slots)
         self.signer = signer
+        # Every message carries an unsubscribe token (and a bounce token with VERP).
+        self._sign_unsubscribe = signer.signer_for(TokenKind.UNSUBSCRIBE, campaign_id)
+        self._sign_bounce = signer.signer_for(TokenKind.BOUNCE, campaign_id)
         self.dkim = dkim
         self.return_domain = return_domain.strip().lower()
         sender_name, self.sender_address = parse_sender(sender)
@@ -321,7 +324,7 @@ class CompiledCampaign:
         return out
 
     def unsubscribe_token(self, recipient: Recipient) -> str:
-        return self.signer.sign(TokenKind.UNSUBSCRIBE, recipient.contact_id, self.campaign_id)
+        return self._sign_unsubscribe(recipient.contact_id)
 
     def unsubscribe_url(self, recipient: Recipient) -> str:
         return self._unsubscribe_base + self.unsubscribe_token(recipient)
@@ -330,7 +333,7 @@ class CompiledCampaign:
         """The SMTP MAIL FROM: a VERP address naming the delivery when a return domain is set."""
         if not self.return_domain:
             return self.sender_address
-        token = self.signer.sign(TokenKind.BOUNCE, recipient.contact_id, self.campaign_id)
+        token = self._sign_bounce(recipient.contact_id)
         return f"bounces+{token}@{self.return_domain}"
 
     def new_message_id(self) -> str:
