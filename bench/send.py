@@ -37,13 +37,17 @@ BODY = (
 )
 
 
-def settings_for(folder: Path, port: int) -> Settings:
+# Our SMTP connections: the configured default unless --connections says otherwise.
+CONNECTIONS = Settings().smtp_connections
+
+
+def settings_for(folder: Path, port: int, connections: int | None = None) -> Settings:
     return Settings(
         data_dir=folder,
         database_url=f"sqlite:///{folder / 'bench.db'}",
         smtp_url=f"smtp://127.0.0.1:{port}",
         secret_key="bench-key",
-        smtp_connections=8,
+        smtp_connections=connections or CONNECTIONS,
         send_rate=0,
     )
 
@@ -105,12 +109,12 @@ def seed(folder: str, contacts: int) -> None:
         campaign.create(s, kind=Kind.PROMOTIONAL, name="bench", subject="Sale", body=BODY)
 
 
-def send(folder: str, port: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
+def send(folder: str, port: int, connections: int, out: mp.Queue) -> None:  # type: ignore[type-arg]
     from campaigns import deliveries
     from campaigns.db import make_engine
     from mailer.engine import SendEngine
 
-    s = settings_for(Path(folder), port)
+    s = settings_for(Path(folder), port, connections)
     engine = make_engine(s.effective_database_url)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     c0, t0 = time.process_time(), time.perf_counter()
@@ -144,13 +148,13 @@ def message_size(folder: str, port: int) -> int:
     return len(compiled.build(Recipient(1, "person1@example.org", "Person 1", {})))
 
 
-def run_size(contacts: int, port: int) -> dict[str, float]:
+def run_size(contacts: int, port: int, connections: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as folder:
         p = mp.Process(target=seed, args=(folder, contacts))
         p.start()
         p.join()
         q: mp.Queue = mp.Queue()  # type: ignore[type-arg]
-        p = mp.Process(target=send, args=(folder, port, q))
+        p = mp.Process(target=send, args=(folder, port, connections, q))
         p.start()
         result = q.get()
         p.join()
@@ -197,10 +201,16 @@ def main() -> None:
     ap.add_argument("--contacts", type=int, default=100_000)
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--naive", type=int, default=300)
+    ap.add_argument(
+        "--connections",
+        type=int,
+        default=CONNECTIONS,
+        help="our SMTP connections (default: %(default)s, the setting's default)",
+    )
     args = ap.parse_args()
     with smtp_sink() as port:
-        small = run_size(args.small, port)
-        large = run_size(args.contacts, port)
+        small = run_size(args.small, port, args.connections)
+        large = run_size(args.contacts, port, args.connections)
         size = int(large["size"])
         ours = large["sent"] / large["seconds"]
         import smtp_client
@@ -210,7 +220,8 @@ def main() -> None:
         slow = naive(port, args.naive)
     print(f"message size                 {size} bytes")
     print(
-        f"ours, {args.contacts:,} contacts end to end: {ours:,.0f} msg/s ({large['seconds']:.1f} s)"
+        f"ours, {args.contacts:,} contacts end to end, {args.connections} connections: "
+        f"{ours:,.0f} msg/s ({large['seconds']:.1f} s)"
     )
     print(f"smtp-source -s 8, same count/size: {c_client.rate:,.0f} msg/s")
     print(f"ratio ours / smtp-source     {ours / c_client.rate:.2f}  (target >= 0.7)")
