@@ -8,7 +8,7 @@ import email.policy
 import re
 from pathlib import Path
 
-import httpx
+import httpx2
 
 from campaigns.purposes import Kind, Purpose
 from mailer.schedule import send_now
@@ -34,7 +34,7 @@ def test_one_click_from_a_received_message_stops_the_next_send(
     with running_server(db, tmp_path) as server:
         # The message's URL names the configured public base; the server is on loopback.
         path = url.split("/u/", 1)[1]
-        reply = httpx.post(
+        reply = httpx2.post(
             f"{server.base_url}/u/{path}",
             content=b"List-Unsubscribe=One-Click",
             headers={"Content-Type": "application/x-www-form-urlencoded"},

@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import httpx
+import httpx2
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -850,8 +850,8 @@ def test_concurrent_posts_each_land_once(db: Db) -> None:
     app = create_app(db.settings, db.engine)
 
     async def run() -> list[int]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://test") as http:
             requests = [http.post(f"/u/{link(db, cid, kid)}", data=ONE_CLICK) for cid in people]
             # The same person twice more at once, and a choice that fails alone.
             again = token_for(db, people[0], kid)

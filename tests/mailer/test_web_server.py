@@ -1,4 +1,4 @@
-"""`campaigns serve` as a real process on a free loopback port, over real HTTP (httpx).
+"""`campaigns serve` as a real process on a free loopback port, over real HTTP (httpx2).
 
 Also the helpers the browser test shares: `running_server` and `seed_person`.
 """
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from sqlmodel import select
 
@@ -77,9 +77,9 @@ def running_server(db: Db, cwd: Path) -> Iterator[Server]:
                 out = process.stdout.read() if process.stdout else ""
                 raise AssertionError(f"the server exited early ({process.returncode}):\n{out}")
             try:
-                if httpx.get(f"{server.base_url}/health", timeout=1).status_code == 200:
+                if httpx2.get(f"{server.base_url}/health", timeout=1).status_code == 200:
                     break
-            except httpx.TransportError:
+            except httpx2.TransportError:
                 pass
             if time.monotonic() > deadline:
                 raise AssertionError("the server did not become healthy in 30 s")
@@ -149,7 +149,7 @@ def test_serve_over_real_http(db: Db, tmp_path: Path) -> None:
         db, "bert@example.com", {Purpose.PROMOTIONAL, Purpose.RESEARCH}, Kind.SURVEY
     )
     cleo, _, cleo_token = seed_person(db, "cleo@example.com", {Purpose.PROMOTIONAL})
-    with running_server(db, tmp_path) as server, httpx.Client(base_url=server.base_url) as http:
+    with running_server(db, tmp_path) as server, httpx2.Client(base_url=server.base_url) as http:
         # GET shows the page and changes nothing.
         before = ledger(db, anna)
         r = http.get(f"/u/{token}")
