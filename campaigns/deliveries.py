@@ -257,10 +257,19 @@ class Progress:
     in_doubt: list[tuple[int, str]] = field(default_factory=list)
     # The server refused the recipient for good: failed, and the address suppressed.
     bounced: list[tuple[int, str, str]] = field(default_factory=list)
+    # Never reached the server through no fault of its own (the server took no more
+    # connections): pending again at once, no attempt counted.
+    requeue: list[tuple[int, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.sending or self.sent or self.retry or self.failed or self.in_doubt or self.bounced
+            self.sending
+            or self.sent
+            or self.retry
+            or self.failed
+            or self.in_doubt
+            or self.bounced
+            or self.requeue
         )
 
     def merge(self, other: Progress) -> None:
@@ -270,6 +279,7 @@ class Progress:
         self.failed += other.failed
         self.in_doubt += other.in_doubt
         self.bounced += other.bounced
+        self.requeue += other.requeue
 
 
 def commit_progress(
@@ -329,6 +339,19 @@ def commit_progress(
                         campaign_id=campaign_id,
                     )
                 session.flush()
+        if progress.requeue:
+            conn.execute(
+                update(D)
+                .where(by_id)
+                .values(
+                    status=PENDING,
+                    claimed_by="",
+                    error=bindparam("b_error"),
+                    # Due now, not NULL: next_retry_at must see it for this run to wait.
+                    next_attempt_at=now,
+                ),
+                [{"b_id": i, "b_error": e[:1000]} for i, e in progress.requeue],
+            )
         if progress.in_doubt:
             conn.execute(
                 update(D).where(by_id).values(status=IN_DOUBT, error=bindparam("b_error")),
@@ -343,7 +366,13 @@ _BY_ID = D.c.id == bindparam("b_id")
 
 
 def _only_marks(progress: Progress) -> bool:
-    return not (progress.retry or progress.failed or progress.bounced or progress.in_doubt)
+    return not (
+        progress.retry
+        or progress.failed
+        or progress.bounced
+        or progress.in_doubt
+        or progress.requeue
+    )
 
 
 def _commit_marks_sqlite(conn: Connection, progress: Progress, now: datetime) -> None:

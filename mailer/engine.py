@@ -84,6 +84,10 @@ class Connection(Protocol):
     async def close(self) -> None: ...
 
 
+class _Refused(Exception):
+    """The server would not take another connection while others of this run are open."""
+
+
 class _Item(NamedTuple):  # a tuple: a frozen dataclass cost ~1 µs more a message
     delivery_id: int
     email: str
@@ -177,10 +181,13 @@ class _GroupCommitter:
                         if not w.done():
                             w.set_exception(exc)
                     raise
-                on_commit(batch)
+            # The marks are in: answer their connections before anything else can fail
+            # (a progress callback that raises would otherwise leave them waiting).
             for w in waiters:
                 if not w.done():
                     w.set_result(None)
+            if batch:
+                on_commit(batch)
             if self._closing and not self._batch:
                 if self._checkpoint is not None:
                     await self._checkpoint
@@ -251,6 +258,11 @@ class SendEngine:
         self.claim_size = max(1, min(claim_size, int(rate / 2))) if rate > 0 else claim_size
         self.url = parse_smtp_url(settings.effective_smtp_url)
         self.signer = signer_from_settings(settings)
+        # This run's connections that have been opened (to tell a server that is down
+        # from one that takes fewer connections than `smtp_connections`).
+        self._opened: set[Connection] = set()
+        self._connecting = 0
+        self._refusals = 0
 
     # ------------------------------------------------------------------ helpers
 
@@ -299,15 +311,17 @@ class SendEngine:
             report.retrying += len(batch.retry)
             self._notify(report)
 
+        # Claims this run gives back at the end (released unless already marked).
+        leftovers: list[int] = []
+        self._opened, self._connecting, self._refusals = set(), 0, 0
         committer.expected = self.connections
         commit_task = asyncio.create_task(committer.run(on_commit))
         senders = [
-            asyncio.create_task(self._sender(queue, committer, rate))
+            asyncio.create_task(self._sender(queue, committer, rate, leftovers))
             for _ in range(self.connections)
         ]
         failed: list[BaseException] = []
         broken = asyncio.Event()
-        leftovers: list[int] = []
 
         def stop_on_failure(task: asyncio.Task[None]) -> None:
             # The committer or a connection died (the database went away, say): stop
@@ -325,6 +339,9 @@ class SendEngine:
         finally:
             if not failed:
                 await _stop(queue, len(senders), broken)
+                # Wait for the connections unless the run breaks meanwhile: a failure
+                # now empties the queue, stop signs included, and must stop them too.
+                await _unless(asyncio.wait(senders), broken)
             if failed:
                 # What is queued goes back; connections still sending are stopped (a
                 # message already announced stays `sending`: in doubt, as after a crash).
@@ -416,9 +433,11 @@ class SendEngine:
         queue: asyncio.Queue[_Item | None],
         committer: _GroupCommitter,
         rate: RateLimiter,
+        leftovers: list[int],
     ) -> None:
         conn: Connection | None = None
         previous = Progress()
+        item: _Item | None = None
         # Announce the next message only when it follows within about a second: a paced
         # send would otherwise keep the server waiting in DATA, which some servers time
         # out.
@@ -440,7 +459,14 @@ class SendEngine:
                 # delivered before its body, which goes only after its `sending` commit.
                 took = not queue.empty()
                 following = queue.get_nowait() if took else None  # (None may be the stop)
-                conn = await self._send_one(conn, item, previous, following if announce else None)
+                try:
+                    conn = await self._send_one(
+                        conn, item, previous, following if announce else None
+                    )
+                except _Refused:
+                    await self._stand_down(queue, committer, previous, following, took)
+                    item = following = None  # handed back
+                    return
                 queue.task_done()
                 if following is None:
                     # Nothing waiting: write the outcome now rather than with the next.
@@ -449,6 +475,12 @@ class SendEngine:
                     if not took:
                         following = await queue.get()
             await committer.submit(previous)
+        except BaseException:
+            # Stopped or broken: what this connection holds goes back to pending with
+            # the run's leftovers. `release` touches only rows still `claimed`, so a
+            # message whose `sending` mark went in stays in doubt, as after a crash.
+            leftovers.extend(i.delivery_id for i in (item, following) if i is not None)
+            raise
         finally:
             if conn is not None:
                 await conn.close()
@@ -460,10 +492,30 @@ class SendEngine:
         `then` is the message this connection sends next, if known."""
         try:
             if conn is None or not conn.is_open:
+                self._opened.discard(conn)  # type: ignore[arg-type]
                 conn = self._new_connection()
-                await conn.connect()
+                self._connecting += 1
+                try:
+                    await conn.connect()
+                except Exception as exc:
+                    # At the start every connection opens at once: see how the others
+                    # fare before telling a refusal from a server that is down.
+                    while self._connecting > 1 and not any(c.is_open for c in self._opened):
+                        await asyncio.sleep(0.02)
+                    if any(c.is_open for c in self._opened):
+                        # The server is up but takes no more connections from us (a
+                        # per-client limit below smtp_connections): not this message's
+                        # fault. It goes back, uncounted, and this connection stands down.
+                        out.requeue.append((item.delivery_id, f"connection refused: {exc}"))
+                        raise _Refused(str(exc)) from exc
+                    raise
+                finally:
+                    self._connecting -= 1
+                self._opened.add(conn)
             after = None if then is None else (then.envelope_from, then.email, then.data)
             outcome = await conn.send(item.envelope_from, item.email, item.data, then=after)
+        except _Refused:
+            raise
         except ConnectionLost as exc:
             if exc.data_sent_completely:
                 out.in_doubt.append((item.delivery_id, f"connection lost after sending: {exc}"))
@@ -489,6 +541,33 @@ class SendEngine:
         else:
             self._retry(item, f"{outcome.code} {outcome.text}", out)
         return conn if conn.is_open else None
+
+    async def _stand_down(
+        self,
+        queue: asyncio.Queue[_Item | None],
+        committer: _GroupCommitter,
+        previous: Progress,
+        following: _Item | None,
+        took: bool,
+    ) -> None:
+        """End a connection the server refused: its messages go back, the rest go on."""
+        queue.task_done()  # the message that could not go (requeued by _send_one)
+        if took:
+            queue.task_done()
+            if following is None:
+                await queue.put(None)  # a stop sign meant for a connection still going
+            else:
+                previous.requeue.append((following.delivery_id, "connection refused"))
+        committer.expected = max(1, committer.expected - 1)
+        await committer.submit(previous)
+        self._refusals += 1
+        if self._refusals == 1:
+            log.warning(
+                "the SMTP server refused a connection while %d were open: sending on "
+                "with fewer (smtp_connections is %d)",
+                sum(c.is_open for c in self._opened),
+                self.connections,
+            )
 
     def _retry(self, item: _Item, error: str, out: Progress) -> None:
         if item.attempts + 1 >= self.settings.max_attempts:

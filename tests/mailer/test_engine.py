@@ -2,25 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.parser
 import email.policy
 import random
 import threading
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlmodel import select
 
+import mailer.engine as engine_module
 from campaigns import campaign as store
-from campaigns import consent
+from campaigns import consent, deliveries
 from campaigns.models import Contact, Delivery, Suppression
 from campaigns.purposes import Kind, Purpose
 from mailer.schedule import send_now
 from mailer.tokens import TokenKind, signer_from_settings
+from mailer.transport import SmtpConnection
 from tests.conftest import Db
-from tests.mailer.conftest import Inbox, add_people, new_campaign, smtp_settings
+from tests.mailer.conftest import Inbox, add_people, free_port, new_campaign, smtp_settings
 
 
 def eligible(db: Db, purpose: Purpose) -> set[str]:
@@ -254,6 +261,146 @@ def test_sqlite_checkpoints_in_a_thread_keep_the_send_whole_and_give_the_setting
 
 class _Boom(RuntimeError):
     pass
+
+
+def _in_thread(fn: Callable[[], object]) -> tuple[bool, list[object]]:
+    """Run `fn` in a thread for at most 10 s: (still running, [its result or error])."""
+    out: list[object] = []
+
+    def run() -> None:
+        try:
+            out.append(fn())
+        except BaseException as exc:
+            out.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(10)
+    return thread.is_alive(), out
+
+
+def _slow_outcome_commits(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """Commits that record `sent` marks take 0.3 s each after the first `after`."""
+    real, seen = engine_module._db_call, [0]
+
+    async def db_call(fn: Any, bind: Any, *args: Any) -> Any:
+        if fn is deliveries.commit_progress and args[-1].sent:
+            seen[0] += 1
+            if seen[0] > after:
+                await asyncio.sleep(0.3)
+        return await real(fn, bind, *args)
+
+    monkeypatch.setattr(engine_module, "_db_call", db_call)
+
+
+def test_a_connection_dying_after_the_stop_signs_does_not_hang_the_run(
+    db: Db, inbox: tuple[Inbox, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run that breaks empties the queue, stop signs included: the other connections
+    must be stopped too, not left waiting for a sign (found in review)."""
+    _, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 2)
+    new_campaign(db, Kind.PROMOTIONAL)
+    first, second = people[0].email, people[1].email
+    conf = smtp_settings(db.settings, port, smtp_connections=2)
+
+    class Conn(SmtpConnection):
+        sent_first = False
+
+        async def send(self, envelope_from: str, recipient: str, data: bytes, **kw: Any) -> Any:
+            if recipient == second:
+                await asyncio.sleep(0.1)
+            if recipient == first:
+                self.sent_first = True
+            return await super().send(envelope_from, recipient, data, **kw)
+
+        async def close(self) -> None:
+            await super().close()
+            if self.sent_first:
+                await asyncio.sleep(0.05)
+                raise _Boom("close failed")
+
+    monkeypatch.setattr(engine_module.SendEngine, "_new_connection", lambda self: Conn(self.url))
+    _slow_outcome_commits(monkeypatch, after=1)
+    hung, out = _in_thread(lambda: send_now(conf, db.engine, "c"))
+    assert not hung, "the run hung"
+    assert isinstance(out[0], _Boom), out
+
+
+def test_a_progress_callback_raising_on_the_last_commit_does_not_hang_the_run(
+    db: Db, inbox: tuple[Inbox, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, port = inbox
+    add_people(db, [{Purpose.PROMOTIONAL: "granted"}])
+    new_campaign(db, Kind.PROMOTIONAL)
+    conf = smtp_settings(db.settings, port, smtp_connections=2)
+    _slow_outcome_commits(monkeypatch, after=0)
+
+    def progress(report: Any) -> None:
+        if report.sent:
+            raise _Boom("the screen went away")
+
+    hung, out = _in_thread(lambda: send_now(conf, db.engine, "c", progress=progress))
+    assert not hung, "the run hung"
+    assert isinstance(out[0], _Boom), out
+    assert len(handler.received) == 1
+    with db.session() as s:  # the mark that was committed stays
+        assert [d.status for d in s.exec(select(Delivery))] == ["sent"]
+
+
+class _LimitedSMTP(SMTP):
+    """An SMTP server that, like many relays, takes only a few connections per client:
+    the ones beyond `limit` get a 421 greeting and are closed."""
+
+    limit = 3
+    open = 0
+
+    def connection_made(self, transport: Any) -> None:
+        cls = type(self)
+        self.refused = cls.open >= cls.limit
+        if self.refused:
+            transport.write(b"421 4.7.0 too many connections from your host\r\n")
+            transport.close()
+            return
+        cls.open += 1
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return
+        type(self).open -= 1
+        super().connection_lost(error)
+
+
+class _LimitedController(Controller):
+    def factory(self) -> SMTP:
+        return _LimitedSMTP(self.handler, **self.SMTP_kwargs)
+
+
+def test_a_server_taking_fewer_connections_than_configured_gets_everyone_once(
+    db: Db, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused extra connection is not the message's fault: no attempt is counted
+    (with max_attempts 2 messages used to fail "gave up"), the connection stands down
+    and the others send everything."""
+    handler = Inbox()
+    port = free_port()
+    controller = _LimitedController(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 40)
+        new_campaign(db, Kind.PROMOTIONAL)
+        conf = smtp_settings(db.settings, port, smtp_connections=8, max_attempts=2)
+        report = send_now(conf, db.engine, "c")
+    finally:
+        controller.stop()
+    assert report.finished and report.failed == 0, report
+    assert handler.counts() == Counter({p.email: 1 for p in people})
+    with db.session() as s:
+        rows = s.exec(select(Delivery)).all()
+    assert {d.status for d in rows} == {"sent"}
+    assert all(d.attempts == 0 for d in rows)
+    assert "refused a connection while" in caplog.text
 
 
 def test_a_run_that_breaks_half_way_stops_at_once_and_the_next_run_misses_nobody(
