@@ -338,7 +338,7 @@ class SendEngine:
             await self._claimer(campaign_id, compiled, queue, report, broken, leftovers)
         finally:
             if not failed:
-                await _stop(queue, len(senders), broken)
+                await _stop(queue, senders, broken)
                 # Wait for the connections unless the run breaks meanwhile: a failure
                 # now empties the queue, stop signs included, and must stop them too.
                 await _unless(asyncio.wait(senders), broken)
@@ -442,6 +442,10 @@ class SendEngine:
         # send would otherwise keep the server waiting in DATA, which some servers time
         # out.
         announce = rate.rate == 0 or rate.rate >= self.connections
+        # Messages taken from the queue whose outcome is not committed yet: they count as
+        # done (`task_done`) only once it is, so that a claimer waiting on `queue.join()`
+        # for retries finds them recorded.
+        owed = 0
         following = await queue.get()
         try:
             while True:
@@ -453,6 +457,7 @@ class SendEngine:
                 previous.sending.append(item.delivery_id)
                 await committer.submit(previous)
                 previous = Progress()
+                owed = _settle(queue, owed)
                 await rate.wait()
                 # Take the next message now when one waits: the SMTP connection announces
                 # it (MAIL, RCPT, DATA) in the same write as this body. It cannot be
@@ -464,17 +469,19 @@ class SendEngine:
                         conn, item, previous, following if announce else None
                     )
                 except _Refused:
-                    await self._stand_down(queue, committer, previous, following, took)
+                    await self._stand_down(queue, committer, previous, following, took, owed)
                     item = following = None  # handed back
                     return
-                queue.task_done()
+                owed += 1
                 if following is None:
                     # Nothing waiting: write the outcome now rather than with the next.
                     await committer.submit(previous)
                     previous = Progress()
+                    owed = _settle(queue, owed)
                     if not took:
                         following = await queue.get()
             await committer.submit(previous)
+            owed = _settle(queue, owed)
         except BaseException:
             # Stopped or broken: what this connection holds goes back to pending with
             # the run's leftovers. `release` touches only rows still `claimed`, so a
@@ -495,12 +502,15 @@ class SendEngine:
                 self._opened.discard(conn)  # type: ignore[arg-type]
                 conn = self._new_connection()
                 self._connecting += 1
+                connecting = True
                 try:
                     await conn.connect()
                 except Exception as exc:
+                    self._connecting -= 1
+                    connecting = False
                     # At the start every connection opens at once: see how the others
                     # fare before telling a refusal from a server that is down.
-                    while self._connecting > 1 and not any(c.is_open for c in self._opened):
+                    while self._connecting > 0 and not any(c.is_open for c in self._opened):
                         await asyncio.sleep(0.02)
                     if any(c.is_open for c in self._opened):
                         # The server is up but takes no more connections from us (a
@@ -510,7 +520,8 @@ class SendEngine:
                         raise _Refused(str(exc)) from exc
                     raise
                 finally:
-                    self._connecting -= 1
+                    if connecting:
+                        self._connecting -= 1
                 self._opened.add(conn)
             after = None if then is None else (then.envelope_from, then.email, then.data)
             outcome = await conn.send(item.envelope_from, item.email, item.data, then=after)
@@ -549,17 +560,18 @@ class SendEngine:
         previous: Progress,
         following: _Item | None,
         took: bool,
+        owed: int,
     ) -> None:
         """End a connection the server refused: its messages go back, the rest go on."""
-        queue.task_done()  # the message that could not go (requeued by _send_one)
-        if took:
-            queue.task_done()
-            if following is None:
-                await queue.put(None)  # a stop sign meant for a connection still going
-            else:
-                previous.requeue.append((following.delivery_id, "connection refused"))
+        if took and following is not None:
+            previous.requeue.append((following.delivery_id, "connection refused"))
         committer.expected = max(1, committer.expected - 1)
+        # Committed first, counted done after: the claimer's `queue.join()` then finds
+        # the requeued messages pending and claims them again in this run.
         await committer.submit(previous)
+        _settle(queue, owed + 1 + took)  # +1: the message that could not go
+        if took and following is None:
+            await queue.put(None)  # a stop sign meant for a connection still going
         self._refusals += 1
         if self._refusals == 1:
             log.warning(
@@ -613,12 +625,14 @@ async def _db_call(fn: Callable[..., T], db: Engine, *args: Any) -> T:
     return await asyncio.to_thread(fn, db, *args)
 
 
-async def _unless(step: Awaitable[Any], broken: asyncio.Event) -> bool:
-    """Await `step` unless the run breaks first (then `step` is cancelled): True if done."""
+async def _unless(step: Awaitable[Any], *stops: asyncio.Event) -> bool:
+    """Await `step` unless one of `stops` is set first (the run breaks, say; then `step`
+    is cancelled): True if done."""
     task = asyncio.ensure_future(step)
-    halt = asyncio.ensure_future(broken.wait())
-    await asyncio.wait({task, halt}, return_when=asyncio.FIRST_COMPLETED)
-    halt.cancel()
+    halts = [asyncio.ensure_future(e.wait()) for e in stops]
+    await asyncio.wait({task, *halts}, return_when=asyncio.FIRST_COMPLETED)
+    for halt in halts:
+        halt.cancel()
     if task.done():
         task.result()
         return True
@@ -626,12 +640,37 @@ async def _unless(step: Awaitable[Any], broken: asyncio.Event) -> bool:
     return False
 
 
-async def _stop(queue: asyncio.Queue[_Item | None], senders: int, broken: asyncio.Event) -> None:
-    """One stop sign per connection, unless the run breaks meanwhile (a dead connection
-    takes nothing from a full queue)."""
-    for _ in range(senders):
-        if not await _unless(queue.put(None), broken):
+async def _stop(
+    queue: asyncio.Queue[_Item | None], senders: list[asyncio.Task[None]], broken: asyncio.Event
+) -> None:
+    """One stop sign per connection still going, unless the run breaks meanwhile (a dead
+    connection takes nothing from a full queue). A connection that stood down takes none,
+    so with a small queue (a paced send) signs for it could fill the queue for good."""
+    finished = _all_done(senders)
+    for _ in range(sum(not t.done() for t in senders)):
+        if not await _unless(queue.put(None), broken, finished):
             return
+
+
+def _all_done(tasks: list[asyncio.Task[None]]) -> asyncio.Event:
+    """An event set once every task is done."""
+    done = asyncio.Event()
+
+    def check(_: object = None) -> None:
+        if all(t.done() for t in tasks):
+            done.set()
+
+    for t in tasks:
+        t.add_done_callback(check)
+    check()
+    return done
+
+
+def _settle(queue: asyncio.Queue[_Item | None], n: int) -> int:
+    """Count `n` messages done whose outcome is committed; returns 0 (none owed)."""
+    for _ in range(n):
+        queue.task_done()
+    return 0
 
 
 def _drain(queue: asyncio.Queue[_Item | None]) -> list[_Item]:

@@ -348,33 +348,36 @@ def test_a_progress_callback_raising_on_the_last_commit_does_not_hang_the_run(
         assert [d.status for d in s.exec(select(Delivery))] == ["sent"]
 
 
-class _LimitedSMTP(SMTP):
-    """An SMTP server that, like many relays, takes only a few connections per client:
-    the ones beyond `limit` get a 421 greeting and are closed."""
+def _limited_server(limit: int) -> tuple[Inbox, int, Controller]:
+    """A started SMTP server that, like many relays, takes only `limit` connections per
+    client: the ones beyond get a 421 greeting and are closed."""
 
-    limit = 3
-    open = 0
+    class Limited(SMTP):
+        open = 0
 
-    def connection_made(self, transport: Any) -> None:
-        cls = type(self)
-        self.refused = cls.open >= cls.limit
-        if self.refused:
-            transport.write(b"421 4.7.0 too many connections from your host\r\n")
-            transport.close()
-            return
-        cls.open += 1
-        super().connection_made(transport)
+        def connection_made(self, transport: Any) -> None:
+            self.refused = Limited.open >= limit
+            if self.refused:
+                transport.write(b"421 4.7.0 too many connections from your host\r\n")
+                transport.close()
+                return
+            Limited.open += 1
+            super().connection_made(transport)
 
-    def connection_lost(self, error: Exception | None) -> None:
-        if self.refused:
-            return
-        type(self).open -= 1
-        super().connection_lost(error)
+        def connection_lost(self, error: Exception | None) -> None:
+            if self.refused:
+                return
+            Limited.open -= 1
+            super().connection_lost(error)
 
+    class LimitedController(Controller):
+        def factory(self) -> SMTP:
+            return Limited(self.handler, **self.SMTP_kwargs)
 
-class _LimitedController(Controller):
-    def factory(self) -> SMTP:
-        return _LimitedSMTP(self.handler, **self.SMTP_kwargs)
+    handler, port = Inbox(), free_port()
+    controller = LimitedController(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    return handler, port, controller
 
 
 def test_a_server_taking_fewer_connections_than_configured_gets_everyone_once(
@@ -383,10 +386,7 @@ def test_a_server_taking_fewer_connections_than_configured_gets_everyone_once(
     """A refused extra connection is not the message's fault: no attempt is counted
     (with max_attempts 2 messages used to fail "gave up"), the connection stands down
     and the others send everything."""
-    handler = Inbox()
-    port = free_port()
-    controller = _LimitedController(handler, hostname="127.0.0.1", port=port)
-    controller.start()
+    handler, port, controller = _limited_server(3)
     try:
         people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 40)
         new_campaign(db, Kind.PROMOTIONAL)
@@ -401,6 +401,73 @@ def test_a_server_taking_fewer_connections_than_configured_gets_everyone_once(
     assert {d.status for d in rows} == {"sent"}
     assert all(d.attempts == 0 for d in rows)
     assert "refused a connection while" in caplog.text
+
+
+@pytest.mark.parametrize("people", [3, 5, 8])
+def test_messages_refused_at_the_end_of_a_run_are_sent_in_that_run(db: Db, people: int) -> None:
+    """A requeued message is committed before its connection counts it done, so the
+    claimer waiting for the last outcomes finds it pending (found in review)."""
+    handler, port, controller = _limited_server(2)
+    try:
+        everyone = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * people)
+        new_campaign(db, Kind.PROMOTIONAL)
+        conf = smtp_settings(db.settings, port, smtp_connections=8)
+        hung, out = _in_thread(lambda: send_now(conf, db.engine, "c"))
+    finally:
+        controller.stop()
+    assert not hung, "the run hung"
+    assert getattr(out[0], "finished", False), out
+    assert handler.counts() == Counter({p.email: 1 for p in everyone})
+
+
+def test_more_refused_connections_than_a_paced_queue_holds_do_not_hang_the_end(db: Db) -> None:
+    """send_rate 4 keeps the queue at 2 messages; 7 of 8 connections stand down and take
+    no stop sign, so signs for them would fill the queue for good (found in review)."""
+    handler, port, controller = _limited_server(1)
+    try:
+        everyone = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 6)
+        new_campaign(db, Kind.PROMOTIONAL)
+        conf = smtp_settings(db.settings, port, smtp_connections=8, send_rate=4)
+        hung, out = _in_thread(lambda: send_now(conf, db.engine, "c"))
+    finally:
+        controller.stop()
+    assert not hung, f"the run hung; received {handler.counts()}"
+    assert getattr(out[0], "finished", False), out
+    assert handler.counts() == Counter({p.email: 1 for p in everyone})
+
+
+def test_a_server_that_is_down_is_retried_and_given_up_on_not_waited_for(db: Db) -> None:
+    """Every connection failing at once (nothing listens) is a server that is down,
+    not a connection limit: attempts count and the run ends (it used to hang, found in
+    review, when the failing connections waited for each other)."""
+    add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 4)
+    new_campaign(db, Kind.PROMOTIONAL)
+    conf = smtp_settings(db.settings, free_port(), smtp_connections=2, max_attempts=2)
+    hung, out = _in_thread(lambda: send_now(conf, db.engine, "c"))
+    assert not hung, "the run hung"
+    assert getattr(out[0], "failed", 0) == 4, out
+    with db.session() as s:
+        assert {d.status for d in s.exec(select(Delivery))} == {"failed"}
+
+
+def test_a_server_going_down_mid_run_does_not_hang_it(db: Db) -> None:
+    handler, port = Inbox(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    seen = [0]
+
+    def on_data(rcpt: str) -> None:
+        seen[0] += 1
+        if seen[0] == 10:
+            threading.Thread(target=controller.stop, daemon=True).start()
+
+    handler.on_data = on_data
+    controller.start()
+    add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 60)
+    new_campaign(db, Kind.PROMOTIONAL)
+    conf = smtp_settings(db.settings, port, smtp_connections=4, max_attempts=2)
+    hung, _ = _in_thread(lambda: send_now(conf, db.engine, "c"))
+    assert not hung, f"the run hung after {seen[0]} messages"
+    assert max(handler.counts().values()) == 1
 
 
 def test_a_run_that_breaks_half_way_stops_at_once_and_the_next_run_misses_nobody(
