@@ -338,10 +338,11 @@ class SendEngine:
             await self._claimer(campaign_id, compiled, queue, report, broken, leftovers)
         finally:
             if not failed:
-                await _stop(queue, senders, broken)
+                finished = _all_done(senders)
+                await _stop(queue, senders, broken, finished)
                 # Wait for the connections unless the run breaks meanwhile: a failure
                 # now empties the queue, stop signs included, and must stop them too.
-                await _unless(asyncio.wait(senders), broken)
+                await _unless(finished.wait(), broken)
             if failed:
                 # What is queued goes back; connections still sending are stopped (a
                 # message already announced stays `sending`: in doubt, as after a crash).
@@ -641,12 +642,15 @@ async def _unless(step: Awaitable[Any], *stops: asyncio.Event) -> bool:
 
 
 async def _stop(
-    queue: asyncio.Queue[_Item | None], senders: list[asyncio.Task[None]], broken: asyncio.Event
+    queue: asyncio.Queue[_Item | None],
+    senders: list[asyncio.Task[None]],
+    broken: asyncio.Event,
+    finished: asyncio.Event,
 ) -> None:
     """One stop sign per connection still going, unless the run breaks meanwhile (a dead
     connection takes nothing from a full queue). A connection that stood down takes none,
-    so with a small queue (a paced send) signs for it could fill the queue for good."""
-    finished = _all_done(senders)
+    so with a small queue (a paced send) signs for it could fill the queue for good;
+    `finished` (all connections ended) stops the waiting then."""
     for _ in range(sum(not t.done() for t in senders)):
         if not await _unless(queue.put(None), broken, finished):
             return
