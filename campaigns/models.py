@@ -15,6 +15,7 @@ from sqlalchemy import (
     Column,
     Computed,
     DateTime,
+    ForeignKey,
     Index,
     Integer,
     String,
@@ -113,6 +114,13 @@ class Contact(SQLModel, table=True):
     )
 
 
+def _contact_reference() -> ForeignKey:
+    """A consent event's or tag's contact: deleting the contact deletes them; a row
+    pointing at no contact fails its transaction at COMMIT (deferred, migration 0004),
+    so that SQLite writes many rows to a statement without a statement journal."""
+    return ForeignKey("contacts.id", ondelete="CASCADE", deferrable=True, initially="DEFERRED")
+
+
 class ContactTag(SQLModel, table=True):
     """A tag of a contact, with copies of the contact's ``eligible`` and ``country``.
 
@@ -130,7 +138,7 @@ class ContactTag(SQLModel, table=True):
         Index("ix_contact_tags_segment", "tag", "eligible", "country", "contact_id", unique=True),
     )
 
-    contact_id: int = Field(foreign_key="contacts.id", primary_key=True, ondelete="CASCADE")
+    contact_id: int = Field(primary_key=True, sa_column_args=[_contact_reference()])
     tag: str = Field(primary_key=True, max_length=100)
     eligible: int | None = None
     country: str | None = Field(default=None, max_length=100)
@@ -144,7 +152,7 @@ class ConsentEvent(SQLModel, table=True):
     # (sqlite_autoincrement in __table_args__ below).
 
     id: int | None = Field(default=None, primary_key=True)
-    contact_id: int = Field(foreign_key="contacts.id", index=True, ondelete="CASCADE")
+    contact_id: int = Field(index=True, sa_column_args=[_contact_reference()])
     purpose: str = Field(max_length=20)
     granted: bool
     occurred_at: datetime = _ts(default_factory=utcnow)

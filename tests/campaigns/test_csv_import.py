@@ -549,6 +549,40 @@ def test_sqlite_commits_batches_in_groups_and_a_failure_keeps_earlier_groups(
     assert_ledger_consistent(db)
 
 
+def test_sqlite_a_statement_failing_halfway_rolls_its_group_back_whole(
+    db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The importer's multi-row INSERTs keep no statement journal (OR ROLLBACK): a
+    failure in the middle of one undoes its whole group, never half a statement."""
+    if db.dialect != "sqlite":
+        pytest.skip("PostgreSQL commits each batch (concurrent writers may need a retry)")
+    monkeypatch.setattr(csv_import, "BATCH_ROWS", 5)
+    monkeypatch.setattr(csv_import, "GROUP_ROWS", 10)
+    with db.engine.begin() as conn:
+        # The 13th contact's consent event fails inside the database, in the middle of
+        # the second group's second batch and of its INSERT of five events.
+        conn.exec_driver_sql(
+            "CREATE TRIGGER fail_13 BEFORE INSERT ON consent_events WHEN NEW.contact_id = 13"
+            " BEGIN SELECT RAISE(ABORT, 'the disk is full'); END"
+        )
+    rows = [f"p{i}@example.com,yes,vip;news" for i in range(1, 31)]
+    path = write(tmp_path, "email,consent_promotional,tags\n" + "\n".join(rows) + "\n")
+    with pytest.raises(Exception, match="the disk is full"):
+        run(db, path)
+    assert sorted(people(db)) == sorted(f"p{i}@example.com" for i in range(1, 11))
+    assert len(events(db)) == 10
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM contact_tags").scalar() == 20
+    assert_ledger_consistent(db)
+
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("DROP TRIGGER fail_13")
+    report = run(db, path)  # the same file again: the rest comes in, nothing twice
+    assert (report.imported, report.unchanged) == (20, 10)
+    assert len(people(db)) == 30 and len(events(db)) == 30
+    assert_ledger_consistent(db)
+
+
 # ------------------------------------------------------------------- hostile files
 
 NAMES = ["email", "name", "country", "consent_promotional", "consent_third_party", "tags", "x"]

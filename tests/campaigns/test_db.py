@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, SQLModel
 
 from campaigns import db as dbmod
@@ -177,6 +179,88 @@ def test_upgrade_to_segment_keys_fills_the_copies_and_merges_tags(db_url: str) -
     with Session(engine) as s:
         assert segments.count(s, Segment(purpose="research", tags=("vip",))) == 2
         assert segments.count(s, Segment(tags=("vip",), countries=("CH",))) == 1
+    engine.dispose()
+
+
+def test_upgrade_to_deferred_references_keeps_rows_ids_and_triggers(db_url: str) -> None:
+    """0003 → 0004: events and tags are kept with their ids, erased ids stay unused,
+    the segment-key triggers still work, and a row pointing at no contact still fails
+    (at COMMIT), while deleting a contact still deletes its rows at once."""
+    from campaigns import segments
+    from campaigns.segments import Segment
+
+    engine = _engine_at(db_url, "0003")
+    with engine.begin() as conn:
+        for i, (email, promo) in enumerate([("a@x.de", "granted"), ("b@x.de", "none")], 1):
+            conn.execute(
+                text(
+                    "INSERT INTO contacts (id, email, email_key, name, address, postcode, town,"
+                    " city, country, attributes, created_at, updated_at, promotional, research,"
+                    " third_party) VALUES (:id, :e, :e, '', '', '', '', '', 'DE', '{}',"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, :p, 'none', 'none')"
+                ),
+                {"id": i, "e": email, "p": promo},
+            )
+        for contact_id in (1, 1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO consent_events (contact_id, purpose, granted, occurred_at,"
+                    " source, note, policy_version) VALUES (:c, 'promotional', :g,"
+                    " CURRENT_TIMESTAMP, 'test', '', 'v1')"
+                ),
+                {"c": contact_id, "g": True},
+            )
+        conn.execute(text("DELETE FROM consent_events WHERE id = 3"))  # its id is spent
+        conn.execute(text("INSERT INTO contact_tags (contact_id, tag) VALUES (1, 'vip')"))
+        conn.execute(text("INSERT INTO contact_tags (contact_id, tag) VALUES (2, 'vip')"))
+    assert upgrade(engine) == ("0003", SCHEMA_HEAD)
+
+    def events() -> list[tuple[object, ...]]:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT id, contact_id FROM consent_events ORDER BY id"))
+            return [tuple(r) for r in rows]
+
+    assert events() == [(1, 1), (2, 1)]
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO consent_events (contact_id, purpose, granted, occurred_at, source,"
+                " note, policy_version) VALUES (2, 'research', true, CURRENT_TIMESTAMP, 't', '',"
+                " 'v1')"
+            )
+        )
+    assert events()[-1] == (4, 2)  # 3 is never given again
+    with Session(engine) as s:
+        assert segments.count(s, Segment(purpose="promotional", tags=("vip",))) == 1
+    with engine.begin() as conn:  # the triggers: a consent change reaches the tags
+        conn.execute(text("UPDATE contacts SET promotional = 'granted' WHERE id = 2"))
+        conn.execute(text("INSERT INTO contact_tags (contact_id, tag) VALUES (2, 'news')"))
+    with Session(engine) as s:
+        assert segments.count(s, Segment(purpose="promotional", tags=("vip",))) == 2
+        assert segments.count(s, Segment(purpose="promotional", tags=("news",))) == 1
+
+    for table, values in [
+        ("contact_tags (contact_id, tag)", "(99, 'vip')"),
+        (
+            "consent_events (contact_id, purpose, granted, occurred_at, source, note,"
+            " policy_version)",
+            "(99, 'research', true, CURRENT_TIMESTAMP, 't', '', 'v1')",
+        ),
+    ]:
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(f"INSERT INTO {table} VALUES {values}"))  # checked at COMMIT
+    assert len(events()) == 3
+
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM contacts WHERE id = 1"))
+        # Within the same transaction, the contact's rows are already gone.
+        left = conn.execute(
+            text(
+                "SELECT (SELECT count(*) FROM consent_events WHERE contact_id = 1)"
+                " + (SELECT count(*) FROM contact_tags WHERE contact_id = 1)"
+            )
+        ).scalar()
+        assert left == 0
     engine.dispose()
 
 
