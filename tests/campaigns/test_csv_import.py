@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from campaigns import addresses, consent, csv_import, suppression
 from campaigns.consent import next_state
@@ -752,3 +752,112 @@ def test_the_reading_side_knows_the_tables_limits_and_needs_no_database_library(
         check=True,
     ).stdout
     assert "sqlalchemy" not in loaded and "sqlmodel" not in loaded
+
+
+# ------------------------------------------------------------------- optimistic batches
+
+POOL = [f"p{i}@example.com" for i in range(12)]
+CONSENT_CELLS = ["", "yes", "no"]
+
+
+@st.composite
+def import_files(draw: st.DrawFn) -> list[str]:
+    """A few files over a small pool of people: new ones, known ones, or both mixed."""
+    files = []
+    for _ in range(draw(st.integers(1, 4))):
+        emails = draw(st.lists(st.sampled_from(POOL), min_size=1, max_size=9, unique=True))
+        lines = ["email,country,consent_promotional,consent_research,tags"]
+        for email in emails:
+            cells = [
+                draw(st.sampled_from(["", "DE", "AT"])),
+                draw(st.sampled_from(CONSENT_CELLS)),
+                draw(st.sampled_from(CONSENT_CELLS)),
+                draw(st.sampled_from(["", "vip", "news;VIP", "a;b"])),
+            ]
+            lines.append(",".join([email, *cells]))
+        files.append("\n".join(lines) + "\n")
+    return files
+
+
+def _state(engine: Any) -> dict[str, Any]:
+    """What a user sees of the contacts, by address (ids may differ)."""
+    with engine.connect() as conn:
+        contacts = conn.exec_driver_sql(
+            "SELECT id, email, country, promotional, research, third_party, suppressed"
+            " FROM contacts"
+        ).all()
+        by_id = {r[0]: r[1] for r in contacts}
+        events = conn.exec_driver_sql(
+            "SELECT contact_id, purpose, granted, source FROM consent_events ORDER BY id"
+        ).all()
+        tags = conn.exec_driver_sql(
+            "SELECT contact_id, tag, eligible, country FROM contact_tags"
+        ).all()
+    return {
+        "contacts": sorted(tuple(r[1:]) for r in contacts),
+        "events": sorted((by_id[c], *rest) for c, *rest in events),
+        "tags": sorted((by_id[c], *rest) for c, *rest in tags),
+    }
+
+
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    max_examples=30,
+    deadline=None,
+)
+@given(files=import_files(), batch_rows=st.integers(1, 5))
+def test_batches_written_without_a_look_up_first_end_as_with_one(
+    reading: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    files: list[str],
+    batch_rows: int,
+) -> None:
+    """SQLite writes batches of new people without looking them up first, and the ones
+    already stored the usual way: reports, contacts, ledgers and tags come out the same
+    as when every batch is looked up first, whatever mix of new and known people."""
+    if reading != "read-here":
+        pytest.skip("about the writing side only")
+    folder = tmp_path_factory.mktemp("optimistic")
+    looked_up = csv_import._write_batch
+
+    def always_looked_up(conn: Any, records: Any, ctx: Any, optimistic: bool = False) -> Any:
+        return looked_up(conn, records, ctx)
+
+    outcomes = []
+    for name, write_batch in [("optimistic", looked_up), ("looked-up", always_looked_up)]:
+        # (Undone after each run: hypothesis calls this test many times.)
+        with monkeypatch.context() as patch:
+            patch.setattr(csv_import, "BATCH_ROWS", batch_rows)
+            patch.setattr(csv_import, "_write_batch", write_batch)
+            outcomes.append(_import_all(folder, name, files))
+    assert outcomes[0] == outcomes[1]
+
+
+def _import_all(folder: Path, name: str, files: list[str]) -> tuple[list[Any], dict[str, Any]]:
+    """Import the files in turn into a new database: the reports and the end state."""
+    from campaigns.db import make_engine, upgrade
+
+    engine = make_engine(f"sqlite:///{folder / name}.db")
+    upgrade(engine)
+    with Session(engine) as s:  # an erased and a suppressed address among them
+        suppression.forget(s, POOL[0])
+        suppression.suppress(s, POOL[1], SuppressionReason.COMPLAINT, source="test")
+        s.commit()
+    reports = []
+    for i, content in enumerate(files):
+        path = folder / f"{name}-{i}.csv"
+        path.write_text(content, encoding="utf-8")
+        report = import_contacts(engine, path, policy_version=POLICY, source="import:f")
+        reports.append(
+            (
+                report.imported,
+                report.updated,
+                report.unchanged,
+                [(r.line, r.reason) for r in report.rejected],
+                [(c.line, c.purpose) for c in report.conflicts],
+            )
+        )
+    state = _state(engine)
+    engine.dispose()
+    return reports, state
