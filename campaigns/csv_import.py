@@ -814,17 +814,29 @@ def _write_batches(
             if conn.in_transaction() and (
                 group_rows >= GROUP_ROWS or time.monotonic() - group_start >= GROUP_SECONDS
             ):
-                conn.commit()
+                _commit(conn)
             if progress is not None:
                 progress(done)
                 reported = done
         if conn.in_transaction():
-            conn.commit()
+            _commit(conn)
     finally:
         if conn.in_transaction():  # an error half-way: nothing of this group is kept
             conn.rollback()
     if progress is not None and (done != reported or not done):
         progress(done)
+
+
+def _commit(conn: Connection) -> None:
+    try:
+        conn.commit()
+    except BaseException:
+        # SQLite keeps its transaction, and the write lock, when COMMIT fails (a row
+        # naming no contact, schema 0004); SQLAlchemy takes it for ended.
+        dbapi = conn.connection.dbapi_connection
+        if getattr(dbapi, "in_transaction", False):
+            dbapi.rollback()
+        raise
 
 
 def _merge(report: ImportReport, out: _Outcome) -> None:

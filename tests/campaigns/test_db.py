@@ -264,6 +264,54 @@ def test_upgrade_to_deferred_references_keeps_rows_ids_and_triggers(db_url: str)
     engine.dispose()
 
 
+def test_upgrade_to_deferred_references_with_orphans_and_a_view(tmp_path) -> None:
+    """SQLite rebuilds two tables for 0004: rows left by a contact deleted by hand with
+    foreign keys off (the sqlite3 shell's default) go, and an operator's view survives."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    engine = _engine_at(f"sqlite:///{path}", "0003")
+    with engine.begin() as conn:
+        for i in (1, 2):
+            conn.execute(
+                text(
+                    "INSERT INTO contacts (id, email, email_key, name, address, postcode, town,"
+                    " city, country, attributes, created_at, updated_at, promotional, research,"
+                    " third_party) VALUES (:id, :e, :e, '', '', '', '', '', 'DE', '{}',"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'granted', 'none', 'none')"
+                ),
+                {"id": i, "e": f"{i}@x.de"},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO consent_events (contact_id, purpose, granted, occurred_at,"
+                    " source, note, policy_version) VALUES (:c, 'promotional', 1,"
+                    " CURRENT_TIMESTAMP, 'test', '', 'v1')"
+                ),
+                {"c": i},
+            )
+            conn.execute(
+                text("INSERT INTO contact_tags (contact_id, tag) VALUES (:c, 'vip')"), {"c": i}
+            )
+        conn.execute(
+            text(
+                "CREATE VIEW tag_counts AS SELECT tag, count(*) AS n FROM contact_tags GROUP BY tag"
+            )
+        )
+    engine.dispose()
+    shell = sqlite3.connect(path)  # foreign keys off, as in the sqlite3 shell
+    shell.execute("DELETE FROM contacts WHERE id = 2")
+    shell.commit()
+    shell.close()
+
+    assert upgrade(engine) == ("0003", SCHEMA_HEAD)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT contact_id FROM consent_events")).scalars().all() == [1]
+        assert conn.execute(text("SELECT tag, n FROM tag_counts")).all() == [("vip", 1)]
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    engine.dispose()
+
+
 def test_an_old_sqlite_is_refused_in_one_line(tmp_path, monkeypatch) -> None:
     import sqlite3
 

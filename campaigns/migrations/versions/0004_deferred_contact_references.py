@@ -16,7 +16,10 @@ transaction that it rolls back whole on any error, so that copy was pure cost: a
 written for 1,000,000 contacts, a fifth of the import's time.
 
 SQLite cannot alter a constraint: both tables are rebuilt (same columns, rows, ids,
-indexes and triggers). PostgreSQL alters the constraints in place.
+indexes, triggers and views). Rows of a contact deleted while foreign keys were off (by
+hand in the sqlite3 shell, where they are off by default) go, as deleting the contact
+would have taken them: the new table would refuse them at COMMIT and the upgrade could
+not go through. PostgreSQL alters the constraints in place (it never held such rows).
 """
 
 from __future__ import annotations
@@ -49,21 +52,24 @@ def _sqlite_rebuild(old: str, new: str) -> None:
     """Rebuild each table with ``old`` replaced by ``new`` in its definition.
 
     The documented way (sqlite.org/lang_altertable.html, "other kinds of table schema
-    changes"): a copy under a new name, then drop and rename. The triggers go first and
-    come back last: renaming checks every trigger, and the one on ``contacts`` names
-    ``contact_tags``, which is missing for a moment. AUTOINCREMENT's high-water mark
-    (ids are never reused) is carried over.
+    changes"): a copy under a new name, then drop and rename. Triggers and views go
+    first and come back last: renaming checks every one of them, and the trigger on
+    ``contacts`` (or an operator's view) names a table that is missing for a moment.
+    AUTOINCREMENT's high-water mark (ids are never reused) is carried over.
     """
     bind = op.get_bind()
 
     def scalar(sql: str, **params: object) -> object:
         return bind.execute(sa.text(sql), params).scalar()
 
-    triggers = bind.execute(
-        sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+    dependents = bind.execute(
+        sa.text(
+            "SELECT type, name, sql FROM sqlite_master WHERE type IN ('trigger', 'view')"
+            " ORDER BY rowid"
+        )
     ).all()
-    for name, _sql in triggers:
-        op.execute(f'DROP TRIGGER "{name}"')
+    for kind, name, _sql in reversed(dependents):
+        op.execute(f'DROP {kind.upper()} "{name}"')
     for table in _TABLES:
         definition = str(
             scalar("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = :t", t=table)
@@ -86,6 +92,7 @@ def _sqlite_rebuild(old: str, new: str) -> None:
         if head is None:
             raise RuntimeError(f"unexpected definition of {table}: {definition}")
         op.execute(f"CREATE TABLE {temporary} (" + definition[head.end() :].replace(old, new))
+        op.execute(f"DELETE FROM {table} WHERE contact_id NOT IN (SELECT id FROM contacts)")
         op.execute(f"INSERT INTO {temporary} SELECT * FROM {table}")
         op.execute(f"DROP TABLE {table}")
         op.execute(f"ALTER TABLE {temporary} RENAME TO {table}")
@@ -97,7 +104,7 @@ def _sqlite_rebuild(old: str, new: str) -> None:
                     s=seq, t=table
                 )
             )
-    for _name, sql in triggers:
+    for _kind, _name, sql in dependents:
         op.execute(sql)
 
 
