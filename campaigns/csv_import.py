@@ -6,10 +6,12 @@ Two passes over the file, both streaming:
    searched for payment card numbers (a column named like one, or any value of 13-19
    digits that passes the Luhn check). A file that fails is refused whole
    (``ImportRefused``, one line for the user).
-2. *Import*, in batches of ``BATCH_ROWS`` rows, one transaction per batch: rows are
-   checked one by one (a bad row is reported with its line number and never stops the
-   good ones), then each batch is looked up and written with a handful of bulk
-   statements. A row is written whole or not at all.
+2. *Import*, in batches of ``BATCH_ROWS`` rows: rows are checked one by one (a bad row
+   is reported with its line number and never stops the good ones), then each batch is
+   looked up and written with a handful of bulk statements (SQLite: a batch of mostly
+   new people is written first and the addresses found stored are written again as
+   existing contacts). PostgreSQL commits each batch; SQLite commits batches in groups
+   (``GROUP_ROWS``, ``GROUP_SECONDS``). A row is written whole or not at all.
 
 Choices made where the design is silent:
 
