@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -550,6 +552,19 @@ def test_sqlite_commits_batches_in_groups_and_a_failure_keeps_earlier_groups(
     assert_ledger_consistent(db)
 
 
+@contextmanager
+def sqlite_trigger(db: Db, when: str, action: str) -> Iterator[None]:
+    """A trigger doing ``action`` ``when`` (a SQLite trigger's event and condition),
+    for as long as the block runs."""
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"CREATE TRIGGER test_trigger {when} BEGIN {action}; END")
+    try:
+        yield
+    finally:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER test_trigger")
+
+
 def test_sqlite_a_statement_failing_halfway_rolls_its_group_back_whole(
     db: Db, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -559,16 +574,18 @@ def test_sqlite_a_statement_failing_halfway_rolls_its_group_back_whole(
         pytest.skip("PostgreSQL commits each batch (concurrent writers may need a retry)")
     monkeypatch.setattr(csv_import, "BATCH_ROWS", 5)
     monkeypatch.setattr(csv_import, "GROUP_ROWS", 10)
-    with db.engine.begin() as conn:
-        # The 13th contact's consent event fails inside the database, in the middle of
-        # the second group's second batch and of its INSERT of five events.
-        conn.exec_driver_sql(
-            "CREATE TRIGGER fail_13 BEFORE INSERT ON consent_events WHEN NEW.contact_id = 13"
-            " BEGIN SELECT RAISE(ABORT, 'the disk is full'); END"
-        )
     rows = [f"p{i}@example.com,yes,vip;news" for i in range(1, 31)]
     path = write(tmp_path, "email,consent_promotional,tags\n" + "\n".join(rows) + "\n")
-    with pytest.raises(Exception, match="the disk is full"):
+    # The 13th contact's consent event fails inside the database, in the middle of the
+    # second group's second batch and of its INSERT of five events.
+    with (
+        sqlite_trigger(
+            db,
+            "BEFORE INSERT ON consent_events WHEN NEW.contact_id = 13",
+            "SELECT RAISE(ABORT, 'the disk is full')",
+        ),
+        pytest.raises(Exception, match="the disk is full"),
+    ):
         run(db, path)
     assert sorted(people(db)) == sorted(f"p{i}@example.com" for i in range(1, 11))
     assert len(events(db)) == 10
@@ -576,8 +593,6 @@ def test_sqlite_a_statement_failing_halfway_rolls_its_group_back_whole(
         assert conn.exec_driver_sql("SELECT count(*) FROM contact_tags").scalar() == 20
     assert_ledger_consistent(db)
 
-    with db.engine.begin() as conn:
-        conn.exec_driver_sql("DROP TRIGGER fail_13")
     report = run(db, path)  # the same file again: the rest comes in, nothing twice
     assert (report.imported, report.unchanged) == (20, 10)
     assert len(people(db)) == 30 and len(events(db)) == 30
@@ -590,18 +605,19 @@ def test_sqlite_a_row_naming_no_contact_fails_the_import_as_itself(db: Db, tmp_p
     for the next writer."""
     if db.dialect != "sqlite":
         pytest.skip("PostgreSQL commits each batch (concurrent writers may need a retry)")
-    with db.engine.begin() as conn:  # stands in for any bug writing such a row
-        conn.exec_driver_sql(
-            "CREATE TRIGGER orphan AFTER INSERT ON contacts WHEN NEW.email_key = 'p3@example.com'"
-            " BEGIN INSERT INTO contact_tags (contact_id, tag) VALUES (-1, 'x'); END"
-        )
     rows = [f"p{i}@example.com,yes" for i in range(1, 6)]
     path = write(tmp_path, "email,consent_promotional\n" + "\n".join(rows) + "\n")
-    with pytest.raises(IntegrityError, match="FOREIGN KEY"):
+    with (
+        # Stands in for any bug writing such a row.
+        sqlite_trigger(
+            db,
+            "AFTER INSERT ON contacts WHEN NEW.email_key = 'p3@example.com'",
+            "INSERT INTO contact_tags (contact_id, tag) VALUES (-1, 'x')",
+        ),
+        pytest.raises(IntegrityError, match="FOREIGN KEY"),
+    ):
         run(db, path)
     assert people(db) == {} and events(db) == []
-    with db.engine.begin() as conn:
-        conn.exec_driver_sql("DROP TRIGGER orphan")
     assert run(db, path).imported == 5
     assert_ledger_consistent(db)
 
