@@ -614,20 +614,25 @@ def cmd_tui(app: App, args: argparse.Namespace) -> int:
     return run_app(app.settings, engine=app.engine)
 
 
-def cmd_demo(app: App, args: argparse.Namespace) -> int:
+def demo_settings(settings: Settings, data_dir: Path) -> Settings:
+    """The demo's settings: its own SQLite file, and messages captured in a folder."""
     from dataclasses import replace
 
-    from campaigns.db import ensure_schema, make_engine
-    from campaigns.demo import seed
-
-    data_dir = Path(args.dir or "demo-data").resolve()
-    settings = replace(
-        app.settings,
+    return replace(
+        settings,
         data_dir=data_dir,
         database_url=f"sqlite:///{data_dir / 'demo.db'}",
         # The capture transport: nothing leaves the machine in the demo.
         smtp_url=f"maildir://{data_dir / 'outbox'}",
     )
+
+
+def cmd_demo(app: App, args: argparse.Namespace) -> int:
+    from campaigns.db import ensure_schema, make_engine
+    from campaigns.demo import seed
+
+    data_dir = Path(args.dir or "demo-data").resolve()
+    settings = demo_settings(app.settings, data_dir)
     engine = make_engine(settings.effective_database_url)
     ensure_schema(engine)
     seeded = seed(engine, policy_version=settings.policy_version)
