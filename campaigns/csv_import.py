@@ -550,12 +550,7 @@ def _write_batch(
     if updates:
         sql.many(conn, sql.update_contact, updates)
     if taken:
-        again = _write_batch(conn, taken, ctx)
-        out.imported += again.imported
-        out.updated += again.updated
-        out.unchanged += again.unchanged
-        out.rejected += again.rejected
-        out.conflicts += again.conflicts
+        _merge(out, _write_batch(conn, taken, ctx))
     return out
 
 
@@ -816,12 +811,12 @@ def _write_batches(
             if conn.in_transaction() and (
                 group_rows >= GROUP_ROWS or time.monotonic() - group_start >= GROUP_SECONDS
             ):
-                _commit(conn)
+                conn.commit()
             if progress is not None:
                 progress(done)
                 reported = done
         if conn.in_transaction():
-            _commit(conn)
+            conn.commit()
     finally:
         if conn.in_transaction():  # an error half-way: nothing of this group is kept
             conn.rollback()
@@ -829,19 +824,7 @@ def _write_batches(
         progress(done)
 
 
-def _commit(conn: Connection) -> None:
-    try:
-        conn.commit()
-    except BaseException:
-        # SQLite keeps its transaction, and the write lock, when COMMIT fails (a row
-        # naming no contact, schema 0004); SQLAlchemy takes it for ended.
-        dbapi = conn.connection.dbapi_connection
-        if getattr(dbapi, "in_transaction", False):
-            dbapi.rollback()
-        raise
-
-
-def _merge(report: ImportReport, out: _Outcome) -> None:
+def _merge(report: ImportReport | _Outcome, out: _Outcome) -> None:
     report.imported += out.imported
     report.updated += out.updated
     report.unchanged += out.unchanged

@@ -48,8 +48,14 @@ CHANGES_AT_BEGIN = "campaigns.changes_at_begin"
 
 
 def _sqlite_begin(conn: Any) -> None:
+    raw = conn.connection.dbapi_connection
+    if raw.in_transaction:
+        # A COMMIT that failed (a row naming no contact, checked at COMMIT since schema
+        # 0004) leaves SQLite's transaction, and its write lock, open while SQLAlchemy
+        # takes it for ended: end it before beginning anew.
+        raw.rollback()
     conn.exec_driver_sql("BEGIN IMMEDIATE")
-    conn.info[CHANGES_AT_BEGIN] = conn.connection.dbapi_connection.total_changes
+    conn.info[CHANGES_AT_BEGIN] = raw.total_changes
 
 
 def make_engine(url: str) -> Engine:
