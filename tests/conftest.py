@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy import Engine, create_engine, text
 from sqlmodel import Session
 
@@ -20,6 +21,14 @@ from campaigns.config import Settings
 from campaigns.db import make_engine, upgrade
 
 PG_URL = os.environ.get("CAMPAIGNS_TEST_POSTGRES_URL", "")
+
+# The mutation check (`python3 dev.py mutants` sets HYPOTHESIS_PROFILE=mutants) runs the
+# tests once per mutant: the same examples every time, so a verdict never depends on
+# luck or on examples saved by an earlier mutant, and fewer of them.
+hypothesis_settings.register_profile(
+    "mutants", derandomize=True, database=None, max_examples=50, deadline=None
+)
+hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 # Tables emptied between hypothesis examples, children first.
 TABLES = (
     "return_events",

@@ -363,12 +363,64 @@ def test_personal_withdrawal_is_a_conflict_and_the_rest_of_the_row_applies(
 # ------------------------------------------------------------------- refused files
 
 
+def luhn_ok(digits: str) -> bool:
+    """The Luhn check as ISO/IEC 7812-1 states it, written here apart from the product's:
+    from the right, every second digit doubled, a two-digit product's digits added."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch) * (2 if i % 2 else 1)
+        total += n // 10 + n % 10
+    return total % 10 == 0
+
+
 def luhn_complete(digits: str) -> str:
     """digits plus the check digit that makes the whole pass Luhn."""
     for last in "0123456789":
-        if csv_import._luhn(digits + last):
+        if luhn_ok(digits + last):
             return digits + last
     raise AssertionError
+
+
+# Test card numbers published by payment processors (Stripe's and PayPal's test-card
+# lists): every brand, each with doubled digits above 4 so the Luhn doubling matters.
+PUBLISHED_TEST_CARDS = [
+    "5555555555554444",  # Mastercard
+    "5105105105105100",  # Mastercard
+    "2223003122003222",  # Mastercard 2-series
+    "378282246310005",  # American Express
+    "371449635398431",  # American Express
+    "4012888888881881",  # Visa
+    "4000056655665556",  # Visa debit
+    "6011111111111117",  # Discover
+    "6011000990139424",  # Discover
+    "3056930009020004",  # Diners Club
+    "36227206271667",  # Diners Club, 14 digits
+    "3566002020360505",  # JCB
+    "6200000000000005",  # UnionPay
+]
+
+
+def test_published_test_cards_pass_our_own_luhn() -> None:
+    # The oracle above, checked against the processors' lists: each passes, and
+    # changing its last digit makes it fail.
+    for card in PUBLISHED_TEST_CARDS:
+        assert luhn_ok(card), card
+        assert not luhn_ok(card[:-1] + str((int(card[-1]) + 1) % 10)), card
+
+
+@pytest.mark.parametrize("card", PUBLISHED_TEST_CARDS)
+def test_every_brand_of_card_number_is_refused(db: Db, tmp_path: Path, card: str) -> None:
+    spaced = " ".join(card[i : i + 4] for i in range(0, len(card), 4))
+    path = write(
+        tmp_path, f"email,order ref\nann@example.com,A-1\nbob@example.com,{spaced}\n"
+    )
+    with pytest.raises(ImportRefused, match=r"column 'order ref' holds payment card numbers"):
+        run(db, path)
+    assert people(db) == {}
+    assert csv_import.is_card_number(card) and csv_import.is_card_number(spaced)
+    # One digit off is no card number: it is imported like any other value.
+    near = card[:-1] + str((int(card[-1]) + 1) % 10)
+    assert not csv_import.is_card_number(near)
 
 
 CARD = "4111 1111 1111 1111"

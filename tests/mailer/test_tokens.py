@@ -95,6 +95,39 @@ def test_mutations_never_verify(pair: tuple[str, str]) -> None:
     assert SIGNER.verify(TokenKind.UNSUBSCRIBE, changed) is None
 
 
+BASE32 = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+@given(st.integers(min_value=128, max_value=MAX_ID), small_ids, st.sampled_from(list(TokenKind)))
+def test_no_other_spelling_of_a_token_verifies(
+    contact: int, campaign: int, kind: TokenKind
+) -> None:
+    # Base32's last character carries unused low bits: for ids of two or more LEB128
+    # bytes, other last characters decode to the very same bytes. An altered link must
+    # still be refused (DESIGN.md §3: "a forged or altered token ... changes nothing").
+    token = SIGNER.sign(kind, contact, campaign)
+    assert SIGNER.verify(kind, token) == (contact, campaign)
+    for position in (len(token) - 1, len(token) - 2, 0):
+        for other in BASE32:
+            if other == token[position]:
+                continue
+            altered = token[:position] + other + token[position + 1 :]
+            assert SIGNER.verify(kind, altered) is None, (token, altered)
+
+
+def test_the_spellings_that_decode_alike_are_refused() -> None:
+    # A fixed case, worked by hand: contact 200 and campaign 7 make a 16-byte token,
+    # 26 characters of which the last holds 3 bits of data and 2 unused ones.
+    token = SIGNER.sign(TokenKind.UNSUBSCRIBE, 200, 7)
+    assert len(token) == 26
+    last = BASE32.index(token[-1])
+    same_bytes = [BASE32[(last & ~0b11) | low] for low in range(4)]
+    assert token[-1] in same_bytes
+    for spelling in same_bytes:
+        if spelling != token[-1]:
+            assert SIGNER.verify(TokenKind.UNSUBSCRIBE, token[:-1] + spelling) is None
+
+
 @given(st.one_of(st.text(), st.binary(), st.none(), st.integers(), st.text("abc234567")))
 def test_garbage_never_raises(garbage: object) -> None:
     assert SIGNER.verify(TokenKind.UNSUBSCRIBE, garbage) is None
