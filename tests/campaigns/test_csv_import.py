@@ -411,9 +411,7 @@ def test_published_test_cards_pass_our_own_luhn() -> None:
 @pytest.mark.parametrize("card", PUBLISHED_TEST_CARDS)
 def test_every_brand_of_card_number_is_refused(db: Db, tmp_path: Path, card: str) -> None:
     spaced = " ".join(card[i : i + 4] for i in range(0, len(card), 4))
-    path = write(
-        tmp_path, f"email,order ref\nann@example.com,A-1\nbob@example.com,{spaced}\n"
-    )
+    path = write(tmp_path, f"email,order ref\nann@example.com,A-1\nbob@example.com,{spaced}\n")
     with pytest.raises(ImportRefused, match=r"column 'order ref' holds payment card numbers"):
         run(db, path)
     assert people(db) == {}

@@ -9,35 +9,53 @@ import random
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlmodel import select
+from sqlalchemy import text, update
+from sqlmodel import Session, select
 
 import mailer.engine as engine_module
 from campaigns import campaign as store
-from campaigns import consent, deliveries
+from campaigns import consent, deliveries, segments, suppression
 from campaigns.models import Contact, Delivery, Suppression
-from campaigns.purposes import Kind, Purpose
+from campaigns.purposes import Kind, Purpose, SuppressionReason
+from campaigns.segments import Segment
 from mailer.schedule import send_now
 from mailer.tokens import TokenKind, signer_from_settings
 from mailer.transport import SmtpConnection
 from tests.conftest import Db
 from tests.mailer.conftest import Inbox, add_people, free_port, new_campaign, smtp_settings
+from tests.mailer.smtp_server import FaultyHandler, run_smtp_server
+
+# DESIGN.md §2, written out here rather than taken from the product (Kind.purpose,
+# consent.permission_for), so that a wrong map in the product fails these tests.
+KIND_TO_PURPOSE = {
+    "promotional": "promotional",
+    "survey": "research",
+    "third_party_offer": "third_party",
+}
 
 
-def eligible(db: Db, purpose: Purpose) -> set[str]:
-    with db.session() as s:
-        return {
-            c.email for c in s.exec(select(Contact)) if consent.permission_for(c, purpose).allowed
-        }
+def eligible(people: list[Contact], states: list[dict[Purpose, str]], purpose: str) -> set[str]:
+    """Who may get mail of `purpose`, from the states add_people was given: granted for
+    that purpose, and no purpose marked "suppressed" (add_people suppresses the address)."""
+    return {
+        person.email
+        for person, state in zip(people, states, strict=True)
+        if {p.value: v for p, v in state.items()}.get(purpose) == "granted"
+        and "suppressed" not in state.values()
+    }
 
 
 STATE = st.sampled_from(["granted", "withdrawn", "none", "suppressed"])
+P, R, T = Purpose.PROMOTIONAL, Purpose.RESEARCH, Purpose.THIRD_PARTY
 
 
 @settings(
@@ -46,6 +64,16 @@ STATE = st.sampled_from(["granted", "withdrawn", "none", "suppressed"])
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(states=st.lists(st.fixed_dictionaries({p: STATE for p in Purpose}), max_size=12))
+@example(
+    # One person per purpose, so that sending a kind to the wrong purpose shows.
+    states=[
+        {P: "granted", R: "none", T: "none"},
+        {P: "none", R: "granted", T: "withdrawn"},
+        {P: "withdrawn", R: "none", T: "granted"},
+        {P: "granted", R: "granted", T: "granted"},
+        {P: "suppressed", R: "granted", T: "granted"},
+    ]
+)
 def test_each_kind_reaches_exactly_its_eligible_contacts(
     db: Db, inbox: tuple[Inbox, int], states: list[dict[Purpose, str]]
 ) -> None:
@@ -53,12 +81,12 @@ def test_each_kind_reaches_exactly_its_eligible_contacts(
     handler, port = inbox
     conf = smtp_settings(db.settings, port)
     signer = signer_from_settings(conf)
-    add_people(db, states)
-    for kind in Kind:
+    people = add_people(db, states)
+    for kind, purpose in KIND_TO_PURPOSE.items():
         handler.received.clear()
-        cid = new_campaign(db, kind, name=kind.value)
-        report = send_now(conf, db.engine, kind.value)
-        want = eligible(db, kind.purpose)
+        cid = new_campaign(db, Kind(kind), name=kind)
+        report = send_now(conf, db.engine, kind)
+        want = eligible(people, states, purpose)
         got = handler.counts()
         assert set(got) == want and all(n == 1 for n in got.values())
         assert report.finished and report.sent == len(want)
@@ -513,3 +541,229 @@ def test_a_run_that_breaks_half_way_stops_at_once_and_the_next_run_misses_nobody
         doubtful = {s.get(Contact, d.contact_id).email for d in in_doubt}  # type: ignore[union-attr]
     assert {p.email for p in people} - doubtful <= set(got)
     assert len(in_doubt) <= conf.smtp_connections
+
+
+# ------------------------------------------------------------------ eligibility at send time
+
+
+def _hard_bounce(s: Session, person: Contact) -> None:
+    suppression.suppress(s, person.email, SuppressionReason.HARD_BOUNCE, source="bounce")
+
+
+def _withdraw(s: Session, person: Contact) -> None:
+    contact = s.get(Contact, person.id)
+    assert contact is not None
+    consent.record(
+        s, contact, Purpose.PROMOTIONAL, granted=False, source="one-click", policy_version="1"
+    )
+
+
+def _erase(s: Session, person: Contact) -> None:
+    assert suppression.forget(s, person.email)
+
+
+INELIGIBLE: dict[str, Callable[[Session, Contact], None]] = {
+    "hard-bounce": _hard_bounce,
+    "consent-withdrawn": _withdraw,
+    "erased": _erase,
+}
+
+
+@pytest.mark.parametrize("when", ["after-snapshot", "mid-send"])
+@pytest.mark.parametrize("change", list(INELIGIBLE))
+def test_a_person_who_becomes_ineligible_during_a_send_gets_no_message(
+    db: Db, inbox: tuple[Inbox, int], change: str, when: str
+) -> None:
+    """DESIGN.md §2: eligibility is checked again just before the message is handed to
+    SMTP. The person bounces (from another campaign), says no, or is erased after the
+    audience was snapshotted: before the run, or while it sends to the others."""
+    handler, port = inbox
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 8)
+    target = people[-1]
+    cid = new_campaign(db, Kind.PROMOTIONAL)
+    deliveries.start(db.engine, cid)
+    with db.session() as s:
+        target_delivery = s.exec(select(Delivery.id).where(Delivery.contact_id == target.id)).one()
+
+    def make_ineligible() -> None:
+        with db.session() as s:
+            INELIGIBLE[change](s, target)
+            s.commit()
+
+    if when == "after-snapshot":
+        make_ineligible()
+    else:
+        # After the first message: one connection and claims of one keep the last
+        # person's claim several messages away.
+        handler.on_data = lambda rcpt: make_ineligible() if len(handler.received) == 1 else None
+    conf = smtp_settings(db.settings, port, smtp_connections=1)
+    report = engine_module.SendEngine(conf, db.engine, claim_size=1).run_campaign(cid)
+
+    assert handler.counts() == Counter({p.email: 1 for p in people[:-1]})
+    assert report.finished and report.sent == 7 and report.skipped == 1
+    with db.session() as s:
+        row = s.get(Delivery, target_delivery)
+        assert row is not None and row.status == "skipped" and row.sent_at is None
+
+
+def test_a_5xx_at_data_fails_the_message_but_never_suppresses_the_address(db: Db) -> None:
+    """DESIGN.md §4: a 5xx is a permanent failure of the message; only an *address*
+    reason (user unknown, 5.1.1) suppresses. Content rejected as spam at the end of DATA
+    says nothing about the person, who stays eligible for the next campaign."""
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 3)
+    spam, unknown, fine = people
+    handler = FaultyHandler(
+        rcpt={unknown.email: "550 5.1.1 user unknown"},
+        data={spam.email: ["554 5.7.1 message rejected as spam"]},  # the first time only
+    )
+    with run_smtp_server(handler) as server:
+        conf = smtp_settings(db.settings, server.port, smtp_connections=1)
+        new_campaign(db, Kind.PROMOTIONAL, name="first")
+        report = send_now(conf, db.engine, "first")
+        assert handler.recipients() == [fine.email]
+        assert report.finished and report.sent == 1 and report.failed == 2
+        with db.session() as s:
+            rows = {d.contact_id: d for d in s.exec(select(Delivery))}
+            assert (rows[spam.id].status, rows[spam.id].attempts) == ("failed", 1)
+            assert "554" in rows[spam.id].error
+            assert rows[unknown.id].status == "failed"
+            # One suppression, the unknown user's; the spam refusal made none.
+            assert [r.reason for r in s.exec(select(Suppression))] == ["hard_bounce"]
+            assert suppression.suppression_of(s, unknown.email) == "hard_bounce"
+            assert suppression.suppression_of(s, spam.email) is None
+            assert s.get(Contact, spam.id).suppressed is None  # type: ignore[union-attr]
+            # `campaigns contacts count --purpose promotional`: the spam one still counts.
+            assert segments.count(s, Segment(purpose=Purpose.PROMOTIONAL)) == 2
+
+        new_campaign(db, Kind.PROMOTIONAL, name="second")
+        again = send_now(conf, db.engine, "second")
+    assert again.finished and again.sent == 2
+    assert Counter(handler.recipients()) == Counter({fine.email: 2, spam.email: 1})
+
+
+def test_each_delivery_names_the_grant_event_of_its_campaigns_purpose(
+    db: Db, inbox: tuple[Inbox, int]
+) -> None:
+    """Proof of consent (DESIGN.md §2): a sent message's delivery row holds the id of the
+    event that granted the campaign's purpose, never another purpose's."""
+    handler, port = inbox
+    # Contacts granting purposes in different orders (and one who withdrew and granted
+    # again), so that each person's three grant ids differ and are not in purpose order.
+    # "+purpose" is a grant (a confirmed signup), "-purpose" the person's one-click "no".
+    histories = [
+        ["+promotional", "+research", "+third_party"],
+        ["+third_party", "+research", "+promotional"],
+        ["+promotional", "-promotional", "+research", "+third_party", "+promotional"],
+        ["+research", "+promotional"],  # no third-party offers
+        ["+third_party", "+promotional", "+research", "-research", "+research"],
+    ]
+    people: list[Contact] = []
+    with db.session() as s:
+        for i in range(len(histories)):
+            email = f"proof{i}@example.com"
+            c = Contact(email=email, email_key=email, name=f"Proof {i}")
+            s.add(c)
+            s.flush()
+            people.append(c)
+        # Interleaved: event ids of one person are not consecutive.
+        for step in range(max(len(h) for h in histories)):
+            for c, history in zip(people, histories, strict=True):
+                if step < len(history):
+                    granted, purpose = history[step][0] == "+", history[step][1:]
+                    source = "form:signup" if granted else "one-click"
+                    assert consent.record(
+                        s, c, Purpose(purpose), granted=granted, source=source, policy_version="1"
+                    )
+        s.commit()
+
+    def grant_event(s: Session, contact_id: int, purpose: str) -> int | None:
+        return s.execute(
+            text(
+                "SELECT max(id) FROM consent_events"
+                " WHERE contact_id = :c AND purpose = :p AND granted = :g"
+            ),
+            {"c": contact_id, "p": purpose, "g": True},
+        ).scalar()
+
+    with db.session() as s:
+        for c in people:
+            grants = [grant_event(s, c.id, p) for p in KIND_TO_PURPOSE.values()]
+            present = [g for g in grants if g is not None]
+            assert len(set(present)) == len(present)
+
+    conf = smtp_settings(db.settings, port, smtp_connections=2)
+    for kind, purpose in KIND_TO_PURPOSE.items():
+        cid = new_campaign(db, Kind(kind), name=kind)
+        handler.received.clear()
+        report = send_now(conf, db.engine, kind)
+        assert report.finished
+        with db.session() as s:
+            rows = s.exec(select(Delivery).where(Delivery.campaign_id == cid)).all()
+            assert {d.status for d in rows} == {"sent"}
+            proof = {d.contact_id: d.consent_event_id for d in rows}
+            want = {
+                c.id: grant_event(s, c.id, purpose)
+                for c in people
+                if grant_event(s, c.id, purpose) is not None
+            }
+        assert proof == want, kind
+        assert set(handler.counts()) == {c.email for c in people if c.id in want}
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_retries_back_off_exponentially_up_to_an_hour_then_give_up(db: Db) -> None:
+    """A 4xx is retried after retry_delay, then twice that, then four times ...
+    (deliveries.backoff), never more than an hour apart; after max_attempts it fails.
+    retry_wait 0: every run stops at once and leaves the retry to a later run."""
+    people = add_people(db, [{Purpose.PROMOTIONAL: "granted"}] * 2)
+    slow, fine = people
+    handler = FaultyHandler(rcpt={slow.email: "451 4.3.0 try again later"})
+    new_campaign(db, Kind.PROMOTIONAL)
+
+    def delivery() -> Delivery:
+        with db.session() as s:
+            return s.exec(select(Delivery).where(Delivery.contact_id == slow.id)).one()
+
+    def set_row(**values: Any) -> None:
+        with db.engine.begin() as conn:
+            conn.execute(update(Delivery).where(Delivery.contact_id == slow.id).values(**values))
+
+    with run_smtp_server(handler) as server:
+        conf = replace(
+            smtp_settings(db.settings, server.port, smtp_connections=1, max_attempts=8),
+            retry_delay=100,
+            retry_wait=0,
+        )
+
+        def run_expecting_retry(attempts: int, delay: float) -> None:
+            before = datetime.now(UTC)
+            report = send_now(conf, db.engine, "c")
+            after = datetime.now(UTC)
+            assert report.stopped.startswith("retries wait until") and not report.finished
+            row = delivery()
+            assert (row.status, row.attempts) == ("pending", attempts)
+            assert row.next_attempt_at is not None
+            waits = (row.next_attempt_at - before, row.next_attempt_at - after)
+            assert before + timedelta(seconds=delay) <= row.next_attempt_at, waits
+            assert row.next_attempt_at <= after + timedelta(seconds=delay), waits
+            # The retry is due now (as if the wait had passed) for the next run.
+            set_row(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
+
+        run_expecting_retry(attempts=1, delay=100)
+        assert handler.recipients() == [fine.email]
+        run_expecting_retry(attempts=2, delay=200)
+        run_expecting_retry(attempts=3, delay=400)
+        set_row(attempts=5)  # as after more failures
+        run_expecting_retry(attempts=6, delay=3200)
+        run_expecting_retry(attempts=7, delay=3600)  # not 6400: capped at an hour
+        # The 8th failure is the last (max_attempts 8): failed, the campaign done.
+        report = send_now(conf, db.engine, "c")
+    assert report.finished
+    row = delivery()
+    assert (row.status, row.attempts) == ("failed", 8)
+    assert "451" in row.error
+    assert handler.recipients() == [fine.email]
+    with db.session() as s:
+        assert suppression.suppression_of(s, slow.email) is None
