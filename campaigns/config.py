@@ -7,6 +7,7 @@ environment, and the environment wins.
 
 from __future__ import annotations
 
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -88,10 +89,19 @@ _CONVERTERS = {
 
 def _convert(name: str, value: object) -> object:
     conv = _CONVERTERS.get(name, str)
+    bad = ConfigError(f"configuration key {name!r} has a bad value: {value!r}")
+    # TOML gives typed values: a fraction or a boolean for a count is a mistake, never
+    # a number to truncate (int(2.9) == 2, int(True) == 1).
+    if conv in (int, float) and isinstance(value, bool):
+        raise bad
+    if conv is int and isinstance(value, float):
+        raise bad
     try:
         result = conv(value)  # type: ignore[operator]
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"configuration key {name!r} has a bad value: {value!r}") from exc
+        raise bad from exc
+    if isinstance(result, float) and not math.isfinite(result):
+        raise ConfigError(f"configuration key {name!r} must be a finite number: {value!r}")
     if name in {"send_rate", "smtp_connections", "retry_delay", "retry_wait"} and result < 0:  # type: ignore[operator]
         raise ConfigError(f"configuration key {name!r} must not be negative")
     if name in {"soft_bounce_limit", "soft_bounce_days", "max_attempts"} and result < 1:  # type: ignore[operator]
