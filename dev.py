@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -48,14 +49,18 @@ MUTMUT = "mutmut==3.8.1"
 def mutants(rest: list[str]) -> int:
     """`mutmut run` over the modules in pyproject.toml's [tool.mutmut], then the report.
 
-    `python3 dev.py mutants report` prints the last run's report again; any other words
-    are mutant names (globs) for mutmut to run again."""
+    With no words it starts afresh; `python3 dev.py mutants report` prints the last run's
+    report again; any other words are mutant names (globs) for mutmut to run again."""
     python = str(BIN / "python")
     check = subprocess.run([python, "-c", "import mutmut"], capture_output=True)
     if check.returncode != 0:
         print(f"installing {MUTMUT} into .venv …", flush=True)
         subprocess.run([python, "-m", "pip", "install", "--quiet", MUTMUT], check=True)
     if rest[:1] != ["report"]:
+        if not rest:
+            # mutmut keeps a verdict until the mutated function changes, even when tests
+            # were added since: a full check starts afresh.
+            shutil.rmtree(ROOT / "mutants", ignore_errors=True)
         jobs = str(os.cpu_count() or 2)
         env = {**os.environ, "HYPOTHESIS_PROFILE": "mutants"}  # tests/conftest.py
         mutmut = [str(BIN / "mutmut"), "run", "--max-children", jobs, *rest]

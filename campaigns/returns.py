@@ -82,7 +82,6 @@ class Outcome:
     suppressed: bool = False
     withdrawn: int = 0
     campaign_id: int | None = None
-    note: str = ""
 
 
 def _delivery_for_token(
@@ -178,14 +177,14 @@ def apply(session: Session, item: Returned, policy: Policy, now: datetime | None
     """Apply one returned message inside the caller's transaction."""
     now = now or utcnow()
     if already_applied(session, item.message_hash):
-        return Outcome(matched=True, duplicate=True, note="already processed")
+        return Outcome(matched=True, duplicate=True)  # already processed
     target = find_target(session, item, now)
     if target is None:
-        return Outcome(matched=False, note="names no delivery of ours")
+        return Outcome(matched=False)
     contact, delivery = target
     campaign_id, delivery_id = delivery.campaign_id, delivery.id
     if _counted(session, delivery_id, item.effect):
-        return Outcome(matched=True, duplicate=True, note="already counted for this delivery")
+        return Outcome(matched=True, duplicate=True)  # already counted
     source = SOURCE[item.effect]
     address_hash = suppression.hash_for(session, contact.email)
     session.add(
@@ -202,7 +201,6 @@ def apply(session: Session, item: Returned, policy: Policy, now: datetime | None
     session.flush()
     withdrawn = 0
     suppressed = False
-    note = ""
 
     def withdraw(purposes: list[Purpose]) -> None:
         nonlocal withdrawn
@@ -235,7 +233,6 @@ def apply(session: Session, item: Returned, policy: Policy, now: datetime | None
         suppress(SuppressionReason.HARD_BOUNCE)
     elif item.effect is Effect.SOFT_BOUNCE:
         n = soft_bounces_within(session, address_hash, policy.soft_bounce_days, now)
-        note = f"{n} soft bounce(s) in {policy.soft_bounce_days} days"
         if n >= policy.soft_bounce_limit:
             suppress(SuppressionReason.SOFT_BOUNCES)
     elif item.effect is Effect.COMPLAINT:
@@ -250,7 +247,6 @@ def apply(session: Session, item: Returned, policy: Policy, now: datetime | None
         suppressed=suppressed,
         withdrawn=withdrawn,
         campaign_id=campaign_id,
-        note=note,
     )
 
 

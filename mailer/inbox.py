@@ -111,7 +111,7 @@ def _apply(engine: Engine, item: Returned, policy: Policy) -> Outcome:
             # of the same address, between our check and our insert: look again.
             with session_scope(engine) as session:
                 if already_applied(session, item.message_hash):
-                    return Outcome(matched=True, duplicate=True, note="already processed")
+                    return Outcome(matched=True, duplicate=True)
             if attempt == 2:
                 raise
     raise AssertionError("unreachable")

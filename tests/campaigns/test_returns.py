@@ -287,3 +287,192 @@ def test_two_runs_at_once_lose_no_effect(db: Db) -> None:
         t.join()
     assert sorted(o.duplicate for o in outcomes) == [False, False]
     assert [_counts(db, c).hard_bounces for c in campaigns] == [1, 1]
+
+
+# ------------------------------------------------------------- which delivery a bounce names
+
+
+def _delivery_row(db: Db, campaign_id: int, contact_id: int, **values: object) -> None:
+    """Set a delivery's status and times by hand (what a send would have left)."""
+    with db.session() as s:
+        d = s.exec(
+            select(Delivery).where(
+                Delivery.campaign_id == campaign_id, Delivery.contact_id == contact_id
+            )
+        ).one()
+        for key, value in values.items():
+            setattr(d, key, value)
+        s.add(d)
+        s.commit()
+
+
+@pytest.mark.parametrize(
+    ("status", "left_us"),
+    [
+        ("sent", True),
+        ("in_doubt", True),  # maybe accepted: a bounce proves it was
+        ("failed", False),  # the server refused it during the send: nothing went out
+        ("skipped", False),
+        ("claimed", False),
+        ("pending", False),
+    ],
+)
+def test_an_address_alone_names_only_a_message_that_left_us(
+    db: Db, status: str, left_us: bool
+) -> None:
+    (a,) = _people(db, 1)
+    cid = _campaign(db, Kind.PROMOTIONAL, "c", [a], status="pending")
+    recent = utcnow() - timedelta(hours=1)
+    # An in-doubt message has no sent_at: its claim time dates it.
+    _delivery_row(db, cid, a, status=status, claimed_at=recent)
+    out = _apply(db, _msg(Effect.HARD_BOUNCE, addresses=("person0@example.com",)))
+    assert out.matched is left_us
+    assert (_contact(db, a).suppressed == SuppressionReason.HARD_BOUNCE) is left_us
+
+
+def test_the_address_window_is_thirty_days_back_from_when_the_bounce_is_read(db: Db) -> None:
+    a, b, c = _people(db, 3)
+    now = utcnow() - timedelta(days=20)  # read late, e.g. a mailbox processed after an outage
+    for pid, age in ((a, timedelta(days=30)), (b, timedelta(days=30, seconds=1))):
+        cid = _campaign(db, Kind.PROMOTIONAL, f"c{pid}", [pid])
+        _delivery_row(db, cid, pid, sent_at=now - age)
+    # Sent 45 days before today but 25 days before the bounce was read: in the window.
+    cid = _campaign(db, Kind.PROMOTIONAL, "older", [c])
+    _delivery_row(db, cid, c, sent_at=now - timedelta(days=25))
+    outcomes = [
+        _apply(db, _msg(Effect.HARD_BOUNCE, addresses=(f"person{i}@example.com",)), now=now)
+        for i in range(3)
+    ]
+    assert [o.matched for o in outcomes] == [True, False, True]
+    assert [_contact(db, p).suppressed for p in (a, b, c)] == ["hard_bounce", None, "hard_bounce"]
+
+
+def test_a_token_names_its_own_campaign_even_when_the_address_names_another(db: Db) -> None:
+    (a,) = _people(db, 1)
+    old = _campaign(db, Kind.SURVEY, "old", [a])
+    new = _campaign(db, Kind.PROMOTIONAL, "new", [a])
+    out = _apply(
+        db,
+        _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=old, addresses=("person0@example.com",)),
+    )
+    assert out.matched and out.campaign_id == old != new
+    did = _delivery_id(db, old, a)
+    with db.session() as s:
+        event = s.exec(select(ReturnEvent)).one()
+        assert (event.campaign_id, event.delivery_id) == (old, did)
+
+
+def test_duplicates_are_matched_and_unknown_ones_are_not(db: Db) -> None:
+    (a,) = _people(db, 1)
+    cid = _campaign(db, Kind.PROMOTIONAL, "c", [a])
+    item = _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid)
+    first = _apply(db, item)
+    assert (first.matched, first.duplicate, first.campaign_id) == (True, False, cid)
+    same_message = _apply(db, item)
+    assert (same_message.matched, same_message.duplicate) == (True, True)
+    same_delivery = _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid))
+    assert (same_delivery.matched, same_delivery.duplicate) == (True, True)
+    stranger = _apply(db, _msg(Effect.SOFT_BOUNCE, addresses=("nobody@example.com",)))
+    assert (stranger.matched, stranger.duplicate, stranger.campaign_id) == (False, False, None)
+    assert not stranger.suppressed and stranger.withdrawn == 0
+
+
+# ------------------------------------------------------------------ soft bounces
+
+
+def _soft(db: Db, person: int, name: str, **kw: object) -> returns.Outcome:
+    cid = _campaign(db, Kind.PROMOTIONAL, name, [person])
+    item = _msg(Effect.SOFT_BOUNCE, contact_id=person, campaign_id=cid)
+    with db.session() as s:
+        out = returns.apply(
+            s, item, Policy("2026-01", soft_bounce_limit=2, soft_bounce_days=14), **kw
+        )  # type: ignore[arg-type]
+        s.commit()
+    return out
+
+
+def test_a_soft_bounce_exactly_at_the_window_edge_still_counts(db: Db) -> None:
+    a, b = _people(db, 2)
+    now = utcnow()
+    assert not _soft(db, a, "a1", now=now - timedelta(days=14)).suppressed
+    assert _soft(db, a, "a2", now=now).suppressed  # 2 within 14 days, the first at the edge
+    assert not _soft(db, b, "b1", now=now - timedelta(days=14, seconds=1)).suppressed
+    assert not _soft(db, b, "b2", now=now).suppressed  # the first is just outside
+    assert _contact(db, a).suppressed == "soft_bounces" and _contact(db, b).suppressed is None
+
+
+def test_soft_bounces_count_per_person_and_only_soft_ones(db: Db) -> None:
+    a, b, c = _people(db, 3)
+    # One soft bounce each for a and b: nobody reaches the limit of 2.
+    assert not _soft(db, a, "a1").suppressed
+    assert not _soft(db, b, "b1").suppressed
+    # c unsubscribed by mail once; one soft bounce after that is still only one.
+    offer = _campaign(db, Kind.THIRD_PARTY_OFFER, "offer", [c])
+    _apply(db, _msg(Effect.MAILTO, contact_id=c, campaign_id=offer))
+    assert not _soft(db, c, "c1").suppressed
+    assert [_contact(db, p).suppressed for p in (a, b, c)] == [None, None, None]
+
+
+def test_a_long_status_is_kept_to_twenty_characters(db: Db) -> None:
+    (a,) = _people(db, 1)
+    cid = _campaign(db, Kind.PROMOTIONAL, "c", [a])
+    _apply(db, _msg(Effect.SOFT_BOUNCE, contact_id=a, campaign_id=cid, status="4.4.7" * 5))
+    with db.session() as s:
+        assert s.exec(select(ReturnEvent.status)).one() == "4.4.74.4.74.4.74.4.7"
+
+
+# ------------------------------------------------------------------ withdrawals
+
+
+def test_withdrawals_carry_the_time_the_message_was_read_and_its_delivery(db: Db) -> None:
+    (a,) = _people(db, 1)
+    cid = _campaign(db, Kind.SURVEY, "survey", [a])
+    when = utcnow() - timedelta(days=2)
+    out = _apply(db, _msg(Effect.COMPLAINT, contact_id=a, campaign_id=cid), now=when)
+    assert out.withdrawn == 3
+    with db.session() as s:
+        events = s.exec(select(ConsentEvent).where(ConsentEvent.source == "complaint")).all()
+        assert sorted(e.purpose for e in events) == ["promotional", "research", "third_party"]
+        assert {(e.granted, e.occurred_at, e.campaign_id, e.policy_version) for e in events} == {
+            (False, when, cid, "2026-01")
+        }
+
+
+def test_a_mailto_for_a_campaign_of_unreadable_kind_withdraws_everything(db: Db) -> None:
+    """An unknown kind cannot say which purpose to stop: the person asked for less mail,
+    never more, so every purpose is withdrawn (and nothing is suppressed)."""
+    (a,) = _people(db, 1)
+    cid = _campaign(db, Kind.PROMOTIONAL, "c", [a])
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE campaigns SET kind = 'newsletter' WHERE id = {cid}")
+    out = _apply(db, _msg(Effect.MAILTO, contact_id=a, campaign_id=cid))
+    assert (out.matched, out.withdrawn, out.suppressed) == (True, 3, False)
+    c = _contact(db, a)
+    assert [consent.state_of(c, p) for p in Purpose] == [ConsentState.WITHDRAWN] * 3
+    assert c.suppressed is None
+
+
+def test_a_message_read_again_after_a_newer_send_changes_nothing(db: Db) -> None:
+    """Matched by address, a bounce names the newest delivery: read again after another
+    campaign went to the same person, it still counts once (its hash is known)."""
+    (a,) = _people(db, 1)
+    first = _campaign(db, Kind.PROMOTIONAL, "first", [a])
+    item = _msg(Effect.SOFT_BOUNCE, addresses=("person0@example.com",))
+    assert _apply(db, item).campaign_id == first
+    second = _campaign(db, Kind.PROMOTIONAL, "second", [a])
+    again = _apply(db, item)
+    assert (again.matched, again.duplicate, again.suppressed) == (True, True, False)
+    with db.session() as s:
+        assert [e.campaign_id for e in s.exec(select(ReturnEvent)).all()] == [first]
+        assert returns.counts_for_campaign(s, second) == {
+            "hard_bounce": 0,
+            "soft_bounce": 0,
+            "complaint": 0,
+            "mailto": 0,
+        }
+        assert returns.counts_for_campaign(s, first) == {
+            "hard_bounce": 0,
+            "soft_bounce": 1,
+            "complaint": 0,
+            "mailto": 0,
+        }
