@@ -4,7 +4,7 @@ A token is lowercase base32 (no padding) of
 
     version byte · LEB128(contact_id) · LEB128(campaign_id) · MAC[:12]
 
-where MAC = HMAC-SHA256(key, version · kind · the ids). The kind (unsubscribe or bounce) is
+where MAC = HMAC-SHA256(key, kind · version · the ids). The kind (unsubscribe or bounce) is
 signed but not carried, so a token of one kind never verifies as another. The alphabet is
 `a-z2-7`: safe in a URL path segment and in an email local part (`bounces+<token>@…`,
 `unsubscribe+<token>@…`), and verification ignores case because mail systems may change

@@ -198,3 +198,133 @@ def test_base32_matches_the_standard_library(raw: bytes) -> None:
     from mailer.tokens import _encode
 
     assert _encode(raw) == base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+
+# Tokens in messages already sent must verify after every upgrade (DESIGN.md §3: "Tokens do
+# not expire"), so the format is pinned. Worked out with the standard library alone:
+#   derived = HMAC-SHA256(b"key-one", b"campaigns/token")
+#   payload = b"\x01" + LEB128(contact) + LEB128(campaign)
+#   token   = base32(payload + HMAC-SHA256(derived, kind + payload)[:12]), lower, no "="
+KNOWN = [
+    (TokenKind.UNSUBSCRIBE, 300, 7, "agwaebzz3zxrjgofcla2hmzrjq"),
+    (TokenKind.BOUNCE, 300, 7, "agwaebzpatfqitxpntdj65tase"),
+    (TokenKind.UNSUBSCRIBE, 0, 0, "aeaabxh77nmhxzs7yzw6wie6"),
+    (
+        TokenKind.UNSUBSCRIBE,
+        MAX_ID,
+        MAX_ID,
+        "ah77777777777737777777777777674c3mqrxcixp75xc3ozxi",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "contact", "campaign", "token"), KNOWN)
+def test_known_tokens(kind: TokenKind, contact: int, campaign: int, token: str) -> None:
+    assert SIGNER.sign(kind, contact, campaign) == token
+    assert SIGNER.signer_for(kind, campaign)(contact) == token
+    assert SIGNER.verify(kind, token) == (contact, campaign)
+    assert TokenSigner(["other", "key-one"]).verify(kind, token.upper()) == (contact, campaign)
+
+
+def test_the_longest_token_fits_a_local_part() -> None:
+    token = SIGNER.sign(TokenKind.BOUNCE, MAX_ID, MAX_ID)
+    assert len(token) == 50
+    assert len(f"unsubscribe+{token}") == 62
+    assert SIGNER.verify(TokenKind.BOUNCE, token) == (MAX_ID, MAX_ID)
+    assert SIGNER.verify(TokenKind.BOUNCE, token + "a") is None
+
+
+def test_ids_at_the_edges() -> None:
+    for contact, campaign in ((0, 0), (127, 128), (128, 127), (16383, 16384), (MAX_ID, 0)):
+        for kind in TokenKind:
+            token = SIGNER.sign(kind, contact, campaign)
+            assert SIGNER.verify(kind, token) == (contact, campaign)
+            assert SIGNER.signer_for(kind, campaign)(contact) == token
+    for bad_call in (
+        lambda: SIGNER.sign(TokenKind.BOUNCE, MAX_ID + 1, 0),
+        lambda: SIGNER.signer_for(TokenKind.BOUNCE, -1),
+        lambda: SIGNER.signer_for(TokenKind.BOUNCE, 0)(MAX_ID + 1),
+    ):
+        with pytest.raises(ValueError) as info:
+            bad_call()
+        assert str(info.value) == "token ids must be between 0 and 2**63-1"
+
+
+def test_empty_keys_are_skipped() -> None:
+    token = SIGNER.sign(TokenKind.UNSUBSCRIBE, 1, 2)
+    assert TokenSigner(["", "key-one"]).sign(TokenKind.UNSUBSCRIBE, 1, 2) == token
+    with pytest.raises(ValueError) as info:
+        TokenSigner([])
+    assert str(info.value) == "a token signer needs at least one non-empty key"
+
+
+def test_key_file_keys_are_comma_separated(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text(" new ,\n old \n", encoding="utf-8")
+    assert load_or_create_keys(Settings(data_dir=tmp_path, secret_key=" , ")) == ["new", "old"]
+
+
+def test_an_empty_key_file_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "secret_key").write_text(" ,\n", encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        load_or_create_keys(Settings(data_dir=tmp_path, secret_key=""))
+    assert str(info.value) == (
+        f"the key file {tmp_path / 'secret_key'} is empty; delete it or set CAMPAIGNS_SECRET_KEY"
+    )
+
+
+def test_a_new_data_dir_is_private(tmp_path: Path) -> None:
+    load_or_create_keys(Settings(data_dir=tmp_path / "data", secret_key=""))
+    assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
+    key = (tmp_path / "data" / "secret_key").read_text(encoding="utf-8")
+    assert key.endswith("\n") and re.fullmatch(r"[A-Za-z0-9_-]{43}", key.strip())
+
+
+def crafted(payload: bytes, kind: bytes = b"u", key: bytes = b"key-one") -> str:
+    """A token over any payload, MAC'd with the right key by the recipe above (stdlib only)."""
+    import base64
+    import hashlib
+    import hmac
+
+    derived = hmac.new(key, b"campaigns/token", hashlib.sha256).digest()
+    mac = hmac.new(derived, kind + payload, hashlib.sha256).digest()[:12]
+    return base64.b32encode(payload + mac).decode().rstrip("=").lower()
+
+
+def test_the_recipe_is_the_signers() -> None:
+    assert crafted(b"\x01\xac\x02\x07") == "agwaebzz3zxrjgofcla2hmzrjq"
+    assert SIGNER.verify(TokenKind.UNSUBSCRIBE, crafted(b"\x01\x05\x06")) == (5, 6)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x02\x05\x06",  # another version
+        b"\x01\x05\x06\x00",  # bytes after the campaign id
+        b"\x01\x05",  # no campaign id
+        b"\x01\x85",  # a contact id that ends mid-number
+        b"\x01" + b"\x80" * 9 + b"\x01" + b"\x00",  # contact 2**63
+        b"\x01\x00" + b"\x80" * 9 + b"\x01",  # campaign 2**63
+        b"\x01" + b"\xff" * 9 + b"\x01" + b"\x00",  # contact 2**64-1
+        b"\x01" + b"\xff" * 12,  # never ends
+    ],
+)
+def test_well_signed_but_malformed_tokens_are_refused(payload: bytes) -> None:
+    # Only a holder of the key could make these; no id beyond a database integer passes.
+    token = crafted(payload)
+    assert SIGNER.verify(TokenKind.UNSUBSCRIBE, token) is None
+
+
+@pytest.mark.parametrize("length", range(31))
+def test_short_and_empty_canonical_strings_are_refused(length: int) -> None:
+    # "a" is zero bits, so every run of "a"s re-encodes to itself: only the length differs.
+    assert SIGNER.verify(TokenKind.UNSUBSCRIBE, "a" * length) is None
+    assert SIGNER.verify(TokenKind.BOUNCE, "7" * length) is None
+
+
+def test_a_key_is_made_in_an_existing_data_dir(tmp_path: Path) -> None:
+    # The usual first run: data_dir already holds the database, not yet a key.
+    (tmp_path / "campaigns.db").write_bytes(b"")
+    keys = load_or_create_keys(Settings(data_dir=tmp_path, secret_key=""))
+    assert len(keys) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["campaigns.db", "secret_key"]
+    assert load_or_create_keys(Settings(data_dir=tmp_path, secret_key="")) == keys
