@@ -105,7 +105,9 @@ def start(engine: Engine, campaign_id: int, now: datetime | None = None) -> int 
             "error",
             "message_id",
         ]
-        return conn.execute(insert(D).from_select(cols, source)).rowcount
+        # SQLAlchemy counts an INSERT's rows only when asked (PostgreSQL gave -1).
+        snapshot = insert(D).from_select(cols, source).execution_options(preserve_rowcount=True)
+        return conn.execute(snapshot).rowcount
 
 
 def due_campaign_ids(engine: Engine, now: datetime | None = None) -> tuple[list[int], list[int]]:
