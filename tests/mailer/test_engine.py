@@ -25,11 +25,12 @@ import mailer.engine as engine_module
 from campaigns import campaign as store
 from campaigns import consent, deliveries, segments, suppression
 from campaigns.models import Contact, Delivery, Suppression
-from campaigns.purposes import Kind, Purpose, SuppressionReason
+from campaigns.purposes import Kind, Purpose
 from campaigns.segments import Segment
 from mailer.schedule import send_now
 from mailer.tokens import TokenKind, signer_from_settings
 from mailer.transport import SmtpConnection
+from tests.campaigns.test_deliveries import CHANGES as BECOME_INELIGIBLE
 from tests.conftest import Db
 from tests.mailer.conftest import Inbox, add_people, free_port, new_campaign, smtp_settings
 from tests.mailer.smtp_server import FaultyHandler, run_smtp_server
@@ -546,27 +547,8 @@ def test_a_run_that_breaks_half_way_stops_at_once_and_the_next_run_misses_nobody
 # ------------------------------------------------------------------ eligibility at send time
 
 
-def _hard_bounce(s: Session, person: Contact) -> None:
-    suppression.suppress(s, person.email, SuppressionReason.HARD_BOUNCE, source="bounce")
-
-
-def _withdraw(s: Session, person: Contact) -> None:
-    contact = s.get(Contact, person.id)
-    assert contact is not None
-    consent.record(
-        s, contact, Purpose.PROMOTIONAL, granted=False, source="one-click", policy_version="1"
-    )
-
-
-def _erase(s: Session, person: Contact) -> None:
-    assert suppression.forget(s, person.email)
-
-
-INELIGIBLE: dict[str, Callable[[Session, Contact], None]] = {
-    "hard-bounce": _hard_bounce,
-    "consent-withdrawn": _withdraw,
-    "erased": _erase,
-}
+# The same three changes as the claim-level test: a bounce, a withdrawal, an erasure.
+INELIGIBLE = BECOME_INELIGIBLE
 
 
 @pytest.mark.parametrize("when", ["after-snapshot", "mid-send"])
