@@ -31,6 +31,7 @@ from campaigns.csv_reading import (
     _RowChecker,
     is_card_number,
 )
+from tests.campaigns.test_csv_import import write
 
 SECRET = b"k"
 # HMAC-SHA256 with key b"k" of b"ann@example.com" (worked out apart from the product).
@@ -41,15 +42,6 @@ CARD_WORDS_MESSAGE = (
 )
 CARD_VALUES_MESSAGE = "payment data is never accepted: remove the column and import again"
 FORMULA_HINT = "looks like a spreadsheet formula (put a ' in front to import it as text)"
-
-
-def write(tmp_path: Path, content: str | bytes, name: str = "contacts.csv") -> Path:
-    path = tmp_path / name
-    if isinstance(content, str):
-        path.write_text(content, encoding="utf-8", newline="")
-    else:
-        path.write_bytes(content)
-    return path
 
 
 def refusal(tmp_path: Path, content: str | bytes) -> str:
