@@ -226,6 +226,10 @@ class Counts:
     hard_bounces: int = 0
     soft_bounces: int = 0
     complaints: int = 0
+    # Refused because of us, not the person (a blocklist, spam found ...), at the send or
+    # later; and deliveries held back because their domain kept blocking (issue 14).
+    blocks: int = 0
+    held: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -249,7 +253,7 @@ def counts(session: Session, campaign_id: int) -> Counts:
     suppressions = session.exec(
         select(func.count()).select_from(Suppression).where(Suppression.campaign_id == campaign_id)
     ).one()
-    known = {"pending", "claimed", "sending", "sent", "failed", "skipped", "in_doubt"}
+    known = {"pending", "claimed", "sending", "sent", "failed", "skipped", "in_doubt", "held"}
     returned = returns.counts_for_campaign(session, campaign_id)
     return Counts(
         total=sum(by_status.values()),
@@ -258,6 +262,7 @@ def counts(session: Session, campaign_id: int) -> Counts:
         hard_bounces=returned["hard_bounce"],
         soft_bounces=returned["soft_bounce"],
         complaints=returned["complaint"],
+        blocks=returned["block"],
         **{k: v for k, v in by_status.items() if k in known},
     )
 
@@ -280,4 +285,9 @@ def summary(session: Session, campaign: Campaign) -> dict[str, Any]:
         "started_at": campaign.started_at.isoformat() if campaign.started_at else None,
         "finished_at": campaign.finished_at.isoformat() if campaign.finished_at else None,
         "counts": counts(session, campaign.id).as_dict(),
+        # Aggregate: returns by reason group, and the receiving domains that blocked us.
+        "returns_by_group": returns.by_group(session, campaign.id),
+        "blocked_domains": [
+            {"domain": d, "blocks": n} for d, n in returns.blocked_domains(session, campaign.id)
+        ],
     }

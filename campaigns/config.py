@@ -50,6 +50,11 @@ class Settings:
     # Soft bounces that suppress an address within the window (issue 6).
     soft_bounce_limit: int = 3
     soft_bounce_days: int = 14
+    # A send holds back a receiving domain that keeps blocking us: once this many of
+    # its refusals in one run are blocks and they are at least this share of the run's
+    # attempts there (issue 14). `campaigns campaign release` lets them go on.
+    block_hold_count: int = 20
+    block_hold_share: float = 0.05
     brand_name: str = "Campaigns"
     # Optional DKIM signing: all three set turns it on.
     dkim_selector: str = ""
@@ -81,6 +86,8 @@ _CONVERTERS = {
     "smtp_connections": int,
     "soft_bounce_limit": int,
     "soft_bounce_days": int,
+    "block_hold_count": int,
+    "block_hold_share": float,
     "retry_delay": float,
     "max_attempts": int,
     "retry_wait": float,
@@ -104,8 +111,11 @@ def _convert(name: str, value: object) -> object:
         raise ConfigError(f"configuration key {name!r} must be a finite number: {value!r}")
     if name in {"send_rate", "smtp_connections", "retry_delay", "retry_wait"} and result < 0:  # type: ignore[operator]
         raise ConfigError(f"configuration key {name!r} must not be negative")
-    if name in {"soft_bounce_limit", "soft_bounce_days", "max_attempts"} and result < 1:  # type: ignore[operator]
+    at_least_one = {"soft_bounce_limit", "soft_bounce_days", "max_attempts", "block_hold_count"}
+    if name in at_least_one and result < 1:  # type: ignore[operator]
         raise ConfigError(f"configuration key {name!r} must be at least 1")
+    if name == "block_hold_share" and not 0 <= result <= 1:  # type: ignore[operator]
+        raise ConfigError(f"configuration key {name!r} must be between 0 and 1")
     return result
 
 

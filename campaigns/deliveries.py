@@ -10,6 +10,7 @@ A delivery moves pending → claimed → sending → sent (or failed, skipped, i
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +33,13 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from campaigns import addresses, suppression
+from campaigns.bounce_reasons import GROUP, Group, Reason
 from campaigns.campaign import SCHEDULED, SENDING, SENT
-from campaigns.models import Campaign, Contact, Delivery, utcnow
+from campaigns.models import Campaign, Contact, Delivery, ReturnEvent, utcnow
 from campaigns.purposes import ConsentState, Kind, SuppressionReason
 from campaigns.segments import Segment, where_clause
 
-PENDING, CLAIMED, SENDING_ROW, DELIVERED, FAILED, SKIPPED, IN_DOUBT = (
+PENDING, CLAIMED, SENDING_ROW, DELIVERED, FAILED, SKIPPED, IN_DOUBT, HELD = (
     "pending",
     "claimed",
     "sending",
@@ -45,8 +47,11 @@ PENDING, CLAIMED, SENDING_ROW, DELIVERED, FAILED, SKIPPED, IN_DOUBT = (
     "failed",
     "skipped",
     "in_doubt",
+    # Held back: its receiving domain kept blocking us during the send (issue 14). Not
+    # claimed until the operator releases it; the campaign stays open meanwhile.
+    "held",
 )
-OPEN_STATES = (PENDING, CLAIMED, SENDING_ROW)
+OPEN_STATES = (PENDING, CLAIMED, SENDING_ROW, HELD)
 
 D = Delivery.__table__  # type: ignore[attr-defined]
 C = Contact.__table__  # type: ignore[attr-defined]
@@ -259,9 +264,17 @@ class Progress:
     in_doubt: list[tuple[int, str]] = field(default_factory=list)
     # The server refused the recipient for good: failed, and the address suppressed.
     bounced: list[tuple[int, str, str]] = field(default_factory=list)
+    # The server refused the message for good for a reason that is not the address (a
+    # block, a full mailbox ...): failed, and counted as a return event of that reason.
+    # (delivery id, address, error, campaigns.bounce_reasons.Reason value)
+    refused: list[tuple[int, str, str, str]] = field(default_factory=list)
     # Never reached the server through no fault of its own (the server took no more
     # connections): pending again at once, no attempt counted.
     requeue: list[tuple[int, str]] = field(default_factory=list)
+    # Receiving domains that keep blocking us: their pending deliveries are held back,
+    # and so are these claimed ones (delivery id, domain).
+    hold_domains: list[str] = field(default_factory=list)
+    held: list[tuple[int, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -271,7 +284,10 @@ class Progress:
             or self.failed
             or self.in_doubt
             or self.bounced
+            or self.refused
             or self.requeue
+            or self.hold_domains
+            or self.held
         )
 
     def merge(self, other: Progress) -> None:
@@ -281,7 +297,10 @@ class Progress:
         self.failed += other.failed
         self.in_doubt += other.in_doubt
         self.bounced += other.bounced
+        self.refused += other.refused
         self.requeue += other.requeue
+        self.hold_domains += other.hold_domains
+        self.held += other.held
 
 
 def commit_progress(
@@ -332,13 +351,27 @@ def commit_progress(
                 [{"b_id": i, "b_error": e[:1000]} for i, _addr, e in progress.bounced],
             )
             with Session(bind=conn) as session:
-                for _id, address, _e in progress.bounced:
+                for delivery_id, address, _e in progress.bounced:
                     suppression.suppress(
                         session,
                         address,
                         SuppressionReason.HARD_BOUNCE,
                         source="bounce",
                         campaign_id=campaign_id,
+                        delivery_id=delivery_id,
+                    )
+                session.flush()
+        if progress.refused:
+            conn.execute(
+                update(D)
+                .where(by_id)
+                .values(status=FAILED, attempts=D.c.attempts + 1, error=bindparam("b_error")),
+                [{"b_id": i, "b_error": e[:1000]} for i, _addr, e, _r in progress.refused],
+            )
+            with Session(bind=conn) as session:
+                for delivery_id, address, _e, reason in progress.refused:
+                    session.add(
+                        refusal_event(session, campaign_id, delivery_id, address, reason, now)
                     )
                 session.flush()
         if progress.requeue:
@@ -354,6 +387,23 @@ def commit_progress(
                 ),
                 [{"b_id": i, "b_error": e[:1000]} for i, e in progress.requeue],
             )
+        if progress.held:
+            conn.execute(
+                update(D)
+                .where(by_id)
+                .values(status=HELD, claimed_by="", error=bindparam("b_error")),
+                [{"b_id": i, "b_error": _held_note(d)} for i, d in progress.held],
+            )
+        for domain in progress.hold_domains:
+            conn.execute(
+                update(D)
+                .where(
+                    D.c.campaign_id == campaign_id,
+                    D.c.status == PENDING,
+                    D.c.contact_id.in_(select(C.c.id).where(_at_domain(domain))),
+                )
+                .values(status=HELD, error=_held_note(domain))
+            )
         if progress.in_doubt:
             conn.execute(
                 update(D).where(by_id).values(status=IN_DOUBT, error=bindparam("b_error")),
@@ -367,10 +417,73 @@ def commit_progress(
 _BY_ID = D.c.id == bindparam("b_id")
 
 
+def refusal_event(
+    session: Session, campaign_id: int, delivery_id: int, address: str, reason: str, now: datetime
+) -> ReturnEvent:
+    """A send-time refusal counted like a bounce of the same reason: a block by its
+    receiving domain, a full mailbox toward the soft-bounce limit."""
+    group = GROUP[Reason(reason)] if reason in set(Reason) else Group.UNKNOWN
+    kind = "block" if group is Group.SENDER else "soft_bounce"
+    return ReturnEvent(
+        # One per delivery: a refusal is final, so it can only happen once.
+        message_hash=hashlib.sha256(f"smtp-refusal:{delivery_id}".encode()).hexdigest(),
+        kind=kind,
+        address_hash=suppression.hash_for(session, address),
+        status="",
+        occurred_at=now,
+        campaign_id=campaign_id,
+        delivery_id=delivery_id,
+        reason=reason,
+        reason_group=group.value,
+        domain=address.rpartition("@")[2].lower()[:255] if kind == "block" else "",
+        detector="smtp",
+    )
+
+
+def _held_note(domain: str) -> str:
+    return f"held back: {domain} kept blocking this send"
+
+
+def _at_domain(domain: str) -> Any:
+    # email_key is the address as compared (lower case); the domain has no LIKE
+    # wildcards but "_" is escaped all the same.
+    return C.c.email_key.endswith("@" + domain.lower(), autoescape=True)
+
+
+def held_by_domain(engine: Engine, campaign_id: int) -> dict[str, int]:
+    """How many deliveries of the campaign are held back, by receiving domain."""
+    domain = func.substr(C.c.email_key, func.instr(C.c.email_key, "@") + 1)
+    if engine.dialect.name == "postgresql":
+        domain = func.split_part(C.c.email_key, "@", 2)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(domain, func.count())
+            .select_from(D.join(C, D.c.contact_id == C.c.id))
+            .where(D.c.campaign_id == campaign_id, D.c.status == HELD)
+            .group_by(domain)
+            .order_by(func.count().desc())
+        )
+        return {str(d): int(n) for d, n in rows}
+
+
+def release_held(engine: Engine, campaign_id: int, domain: str = "") -> int:
+    """Let held deliveries go on (all, or one domain's): pending again, due now."""
+    where = [D.c.campaign_id == campaign_id, D.c.status == HELD]
+    if domain:
+        where.append(D.c.contact_id.in_(select(C.c.id).where(_at_domain(domain))))
+    with engine.begin() as conn:
+        return conn.execute(
+            update(D).where(*where).values(status=PENDING, error="", next_attempt_at=None)
+        ).rowcount
+
+
 def _only_marks(progress: Progress) -> bool:
     return not (
-        progress.retry
+        progress.hold_domains
+        or progress.held
+        or progress.retry
         or progress.failed
+        or progress.refused
         or progress.bounced
         or progress.in_doubt
         or progress.requeue

@@ -191,6 +191,23 @@ class Suppression(SQLModel, table=True):
     delivery_id: int | None = None
 
 
+class SuppressionChange(SQLModel, table=True):
+    """The ledger of suppressions lifted (schema 0005): a bounce read again under new
+    rules that says nothing about the address (issue 14). Kept as a keyed hash only."""
+
+    __tablename__ = "suppression_changes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    address_hash: str = Field(max_length=64, index=True)
+    change: str = Field(max_length=20)  # "lifted"
+    old_reason: str = Field(max_length=20)
+    why: str = Field(max_length=300)
+    source: str = Field(max_length=300)  # e.g. "inbox reclassify"
+    occurred_at: datetime = _ts(default_factory=utcnow)
+    campaign_id: int | None = None
+    delivery_id: int | None = None
+
+
 class ReturnEvent(SQLModel, table=True):
     """Something that came back to the return mailbox and had an effect (issue 6).
 
@@ -204,13 +221,22 @@ class ReturnEvent(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     message_hash: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
-    # hard_bounce, soft_bounce, complaint, mailto
+    # hard_bounce, soft_bounce, block, complaint, mailto
     kind: str = Field(max_length=20)
     address_hash: str = Field(max_length=64)
     status: str = Field(default="", max_length=20)
     occurred_at: datetime = _ts(default_factory=utcnow)
     campaign_id: int | None = Field(default=None, index=True)
     delivery_id: int | None = None
+    # campaigns.bounce_reasons: the reason and its group ("" before schema 0005).
+    reason: str = Field(default="", max_length=30)
+    reason_group: str = Field(default="", max_length=20)
+    # The receiving domain, for blocks only (they are counted by it).
+    domain: str = Field(default="", max_length=255)
+    # The server's words, one line: what `inbox reclassify` reads again under new rules.
+    diagnostic: str = Field(default="", max_length=300)
+    # What read the message: "dsn", "arf", "text", "ses", "flufl:<detector>", "smtp".
+    detector: str = Field(default="", max_length=30)
 
 
 class Campaign(SQLModel, table=True):

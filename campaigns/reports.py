@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy import and_, case, func
 from sqlmodel import Session, col, select
 
+from campaigns import returns
 from campaigns.campaign import DRAFT, SCHEDULED, Counts, all_campaigns, counts, get
 from campaigns.deliveries import FAILED, SKIPPED, audience_segment
 from campaigns.models import Contact, Delivery
@@ -166,6 +167,9 @@ class CampaignReport:
     audience_now: int | None
     failures: list[tuple[str, int]]
     skips: list[tuple[str, int]]
+    # What came back, by reason group, and the receiving domains that blocked us most.
+    by_group: dict[str, int]
+    blocked_domains: list[tuple[str, int]]
 
 
 def campaign_report(session: Session, name: str) -> CampaignReport:
@@ -191,4 +195,6 @@ def campaign_report(session: Session, name: str) -> CampaignReport:
         audience_now=audience_now,
         failures=reasons(session, c.id, FAILED),
         skips=reasons(session, c.id, SKIPPED),
+        by_group=returns.by_group(session, c.id),
+        blocked_domains=returns.blocked_domains(session, c.id),
     )

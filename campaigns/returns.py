@@ -26,7 +26,9 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from campaigns import addresses, consent, suppression
-from campaigns.models import Campaign, Contact, Delivery, ReturnEvent, utcnow
+from campaigns.bounce_reasons import GROUP, Reason
+from campaigns.db import meta_value
+from campaigns.models import Campaign, Contact, Delivery, ReturnEvent, Suppression, utcnow
 from campaigns.purposes import Kind, Purpose, SuppressionReason
 
 # Deliveries whose message left us: only these can bounce or be complained about.
@@ -39,6 +41,7 @@ ADDRESS_MATCH_DAYS = 30
 class Effect(StrEnum):
     HARD_BOUNCE = "hard_bounce"
     SOFT_BOUNCE = "soft_bounce"
+    BLOCK = "block"  # the receiving side refused us, not the person: counted, nothing else
     COMPLAINT = "complaint"
     MAILTO = "mailto"
 
@@ -47,6 +50,7 @@ class Effect(StrEnum):
 SOURCE = {
     Effect.HARD_BOUNCE: "bounce",
     Effect.SOFT_BOUNCE: "bounce",
+    Effect.BLOCK: "bounce",
     Effect.COMPLAINT: "complaint",
     Effect.MAILTO: "mailto",
 }
@@ -64,6 +68,10 @@ class Returned:
     # Fallback when no token verifies: the failed or complained-about addresses.
     addresses: tuple[str, ...] = ()
     status: str = ""
+    # campaigns.bounce_reasons.Reason, and the server's words with addresses taken out.
+    reason: str = ""
+    diagnostic: str = ""
+    detector: str = ""  # what read it (mailer.bounces.Verdict.detector)
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,17 @@ def find_target(
     return None
 
 
+def _group_name(reason: str) -> str:
+    try:
+        return GROUP[Reason(reason)].value
+    except ValueError:
+        return ""
+
+
+def _domain(email: str) -> str:
+    return email.rpartition("@")[2].lower()[:255]
+
+
 def _counted(session: Session, delivery_id: int | None, effect: Effect) -> bool:
     """True when this delivery already brought back a message of this kind."""
     return (
@@ -196,6 +215,11 @@ def apply(session: Session, item: Returned, policy: Policy, now: datetime | None
             occurred_at=now,
             campaign_id=campaign_id,
             delivery_id=delivery_id,
+            reason=item.reason[:30],
+            reason_group=_group_name(item.reason),
+            domain=_domain(contact.email) if item.effect is Effect.BLOCK else "",
+            diagnostic=item.diagnostic[:300],
+            detector=item.detector[:30],
         )
     )
     session.flush()
@@ -235,6 +259,8 @@ def apply(session: Session, item: Returned, policy: Policy, now: datetime | None
         n = soft_bounces_within(session, address_hash, policy.soft_bounce_days, now)
         if n >= policy.soft_bounce_limit:
             suppress(SuppressionReason.SOFT_BOUNCES)
+    elif item.effect is Effect.BLOCK:
+        pass  # about us, never about the person: counted, and nothing else
     elif item.effect is Effect.COMPLAINT:
         withdraw(list(Purpose))
         suppress(SuppressionReason.COMPLAINT)
@@ -260,3 +286,90 @@ def counts_for_campaign(session: Session, campaign_id: int) -> dict[str, int]:
     ):
         got[kind] = n
     return got
+
+
+def by_group(session: Session, campaign_id: int) -> dict[str, int]:
+    """Bounces, blocks and complaints of a campaign by reason group (aggregate); events
+    from before reasons were stored (schema 0005) count as "unclassified"."""
+    got: dict[str, int] = {}
+    for kind, group, n in session.exec(
+        select(ReturnEvent.kind, ReturnEvent.reason_group, func.count())
+        .where(ReturnEvent.campaign_id == campaign_id, ReturnEvent.kind != Effect.MAILTO.value)
+        .group_by(col(ReturnEvent.kind), col(ReturnEvent.reason_group))
+    ):
+        name = group or ("complaint" if kind == Effect.COMPLAINT.value else "unclassified")
+        got[name] = got.get(name, 0) + n
+    return dict(sorted(got.items()))
+
+
+def blocked_domains(session: Session, campaign_id: int, limit: int = 10) -> list[tuple[str, int]]:
+    """The receiving domains that blocked the campaign most, with how many blocks."""
+    n = func.count()
+    rows = session.exec(
+        select(ReturnEvent.domain, n)
+        .where(ReturnEvent.campaign_id == campaign_id, ReturnEvent.kind == Effect.BLOCK.value)
+        .group_by(col(ReturnEvent.domain))
+        .order_by(n.desc(), col(ReturnEvent.domain))
+        .limit(limit)
+    ).all()
+    return [(str(d), int(c)) for d, c in rows]
+
+
+@dataclass(frozen=True)
+class BounceEvidence:
+    """What is stored about one hard-bounce suppression: the words and codes that made
+    it, to be read again under new rules (`campaigns inbox reclassify`)."""
+
+    address_hash: str
+    campaign_id: int | None
+    delivery_id: int | None
+    contact_id: int | None
+    # (status code, the server's words) from each return event or refused delivery.
+    texts: tuple[tuple[str, str], ...]
+
+
+def hard_bounce_evidence(session: Session) -> list[BounceEvidence]:
+    """Every hard-bounce suppression with what is stored about why it was made."""
+    key = meta_value(session, "suppression_key")
+    rows = session.exec(
+        select(Suppression).where(Suppression.reason == SuppressionReason.HARD_BOUNCE)
+    ).all()
+    out = []
+    for row in rows:
+        texts: list[tuple[str, str]] = [
+            (e.status, e.diagnostic)
+            for e in session.exec(
+                select(ReturnEvent).where(
+                    ReturnEvent.address_hash == row.address_hash,
+                    ReturnEvent.kind == Effect.HARD_BOUNCE.value,
+                )
+            )
+        ]
+        contact_id = None
+        delivery = session.get(Delivery, row.delivery_id) if row.delivery_id else None
+        if delivery is None and row.campaign_id is not None and not texts:
+            # A refusal during a send before schema 0005 named no delivery: find the
+            # campaign's failed delivery to the contact with this hash.
+            for d, email in session.exec(
+                select(Delivery, Contact.email)
+                .join(Contact, col(Contact.id) == Delivery.contact_id)
+                .where(Delivery.campaign_id == row.campaign_id, Delivery.status == "failed")
+                .where(Contact.suppressed == SuppressionReason.HARD_BOUNCE)
+            ):
+                if addresses.suppression_hash(email, key) == row.address_hash:
+                    delivery = d
+                    break
+        if delivery is not None:
+            contact_id = delivery.contact_id
+            if delivery.error and not texts:
+                texts.append(("", delivery.error))
+        out.append(
+            BounceEvidence(
+                row.address_hash,
+                row.campaign_id,
+                delivery.id if delivery is not None else row.delivery_id,
+                contact_id,
+                tuple(texts),
+            )
+        )
+    return out

@@ -7,7 +7,14 @@ from sqlmodel import Session, col, delete, select
 
 from campaigns import addresses
 from campaigns.db import meta_value
-from campaigns.models import Contact, Delivery, Suppression, utcnow
+from campaigns.models import (
+    Contact,
+    Delivery,
+    ReturnEvent,
+    Suppression,
+    SuppressionChange,
+    utcnow,
+)
 from campaigns.purposes import SuppressionReason
 
 # Stronger reasons replace weaker ones on the same hash; erasure is the strongest.
@@ -76,6 +83,40 @@ def suppress(
     return changed
 
 
+def lift_bounce(
+    session: Session, address_hash: str, why: str, source: str, contact_id: int | None = None
+) -> bool:
+    """Lift a hard-bounce suppression found wrong (a bounce that said nothing about the
+    address), with a ledger entry; True if one was lifted. Any other reason stays: a
+    complaint, an unsubscribe or an erasure is the person's own act."""
+    row = session.exec(select(Suppression).where(Suppression.address_hash == address_hash)).first()
+    if row is None or row.reason != SuppressionReason.HARD_BOUNCE:
+        return False
+    session.add(
+        SuppressionChange(
+            address_hash=address_hash,
+            change="lifted",
+            old_reason=row.reason,
+            why=why[:300],
+            source=source[:300],
+            campaign_id=row.campaign_id,
+            delivery_id=row.delivery_id,
+        )
+    )
+    session.delete(row)
+    key = meta_value(session, "suppression_key")
+    query = select(Contact).where(Contact.suppressed == SuppressionReason.HARD_BOUNCE)
+    if contact_id is not None:  # known from the delivery; otherwise look at every one
+        query = query.where(Contact.id == contact_id)
+    for contact in session.exec(query):
+        if addresses.suppression_hash(contact.email, key) == address_hash:
+            contact.suppressed = None
+            contact.updated_at = utcnow()
+            session.add(contact)
+    session.flush()
+    return True
+
+
 def forget(session: Session, address: str) -> bool:
     """Erase a contact: everything about them goes, only the suppression hash stays.
 
@@ -85,6 +126,12 @@ def forget(session: Session, address: str) -> bool:
         select(Contact).where(Contact.email_key == addresses.key(address))
     ).first()
     suppress(session, address, SuppressionReason.ERASED, source="forget")
+    # What came back keeps its counts, without the person's domain or the server's words.
+    session.exec(
+        update(ReturnEvent)
+        .where(col(ReturnEvent.address_hash) == hash_for(session, address))
+        .values(domain="", diagnostic="")
+    )
     if contact is None:
         return False
     cid = contact.id

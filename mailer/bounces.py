@@ -21,12 +21,18 @@ import email.parser
 import email.policy
 import email.utils
 import itertools
+import json
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from enum import StrEnum
 from functools import lru_cache
+from typing import Any
+
+from campaigns.bounce_reasons import GROUP, Group, Reason
+from mailer.bounce_detectors import detect
+from mailer.reasons import reason_for, text_reason
 
 MAX_BYTES = 1_000_000  # of the raw message; reports and originals' headers come first
 MAX_TEXT = 200_000  # of each decoded body part
@@ -37,13 +43,25 @@ MAX_DIAGNOSTIC = 300
 
 
 class Kind(StrEnum):
-    HARD_BOUNCE = "hard_bounce"
-    SOFT_BOUNCE = "soft_bounce"
+    HARD_BOUNCE = "hard_bounce"  # the address is dead (reason group "address")
+    SOFT_BOUNCE = "soft_bounce"  # mailbox full, delayed, expired, errors
+    BLOCKED = "blocked"  # about us or our message: never costs the person anything
     COMPLAINT = "complaint"
     UNSUBSCRIBE = "unsubscribe"  # mail sent to our unsubscribe+<token>@ address (RFC 2369 mailto)
     AUTO_REPLY = "auto_reply"  # out-of-office, vacation, Auto-Submitted: auto-replied -> ignored
     IGNORED = "ignored"  # a report needing no action, e.g. DSN Action: delivered/relayed/expanded
     UNKNOWN = "unknown"  # cannot be understood: kept and reported by the caller
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One recipient of a bounce, judged on its own (a report may list several)."""
+
+    kind: Kind  # HARD_BOUNCE, SOFT_BOUNCE or BLOCKED
+    cause: Reason
+    addresses: tuple[str, ...]  # the recipient as the report names it, best first
+    status: str = ""
+    diagnostic: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +73,28 @@ class Verdict:
     status: str = ""  # enhanced status code like "5.1.1", "" if none
     diagnostic: str = ""  # one line, at most 300 chars
     reason: str = ""  # one short line saying why this kind
+    # The reason in the taxonomy (campaigns.bounce_reasons) of the worst failure.
+    cause: Reason = Reason.UNKNOWN
+    # Every recipient of a bounce with its own kind and cause, worst first.
+    failures: tuple[Failure, ...] = ()
+    # What read it: "dsn", "arf", "text" (a notice's own words), "flufl:<detector>".
+    detector: str = ""
+
+
+_KIND_OF_GROUP = {
+    Group.ADDRESS: Kind.HARD_BOUNCE,
+    Group.MAILBOX: Kind.SOFT_BOUNCE,
+    Group.TRANSIENT: Kind.SOFT_BOUNCE,
+    Group.SENDER: Kind.BLOCKED,
+    # A failure whose reason cannot be read counts as soft: one never costs the person
+    # anything, several within the window do (README, "Choices").
+    Group.UNKNOWN: Kind.SOFT_BOUNCE,
+}
+
+
+def kind_of(cause: Reason) -> Kind:
+    """What a failure of this cause does to the person."""
+    return _KIND_OF_GROUP[GROUP[cause]]
 
 
 _Make = Callable[..., Verdict]  # builds a Verdict with the tokens already found
@@ -130,8 +170,8 @@ _TRANSIENT = re.compile(
 # Where a notice starts quoting the original message: below it is not the notice's text.
 _ORIGINAL_MARKER = re.compile(
     r"^[ \t-]*(?:this is a copy of the message|original message|below this line is a copy|"
-    r"original message headers|the headers of the original message|"
-    r"undelivered message headers)",
+    r"original message headers|the headers? of the original message|"
+    r"undelivered message headers|received: ?from )",
     _FLAGS | re.MULTILINE,
 )
 # Phrases of common bounce texts that the failed address follows closely.
@@ -142,7 +182,14 @@ _RECIPIENT_PHRASES = re.compile(
     r"recipient:|RCPT TO:",
     _FLAGS,
 )
-_RECIPIENT_LINE = re.compile(r"^[ \t]*<([^<>\s]{3,254})>[ \t]*(?::|\.\.\.|\(expanded)", re.M)
+# "<a@b>:" (Postfix, qmail), "<a@b>..." (Sendmail), "a@b: 550 ..." (OpenSMTPD).
+_RECIPIENT_LINE = re.compile(
+    r"^[ \t]*(?:<([^<>\s]{3,254})>[ \t]*(?::|\.\.\.|\(expanded)|"
+    r"([^<>\s:@]{1,64}@[^<>\s:@]{1,190}):[ \t]+[245]\d\d\b)",
+    re.M,
+)
+# A line holding one address and nothing else: Exim's "  a@b", GMX's '"a@b":'.
+_ADDRESS_LINE = re.compile(r"^[ \t]*[\"<]?([^\s<>\"]{1,64}@[^\s<>\":]{1,190})[\">]?:?[ \t]*$", re.M)
 _AUTO_SUBJECT = re.compile(
     r"^\s*(?:automatic reply|auto(?:matische)? ?(?:antwort|reply|response)|auto:|"
     r"out of (?:the )?office|abwesenheitsnotiz|abwesend|r[ée]ponse automatique|"
@@ -157,7 +204,14 @@ _FIELD_TYPES = (
     "message/disposition-notification",
     "message/global-disposition-notification",
 )
-_SEVERITY = {Kind.HARD_BOUNCE: 3, Kind.SOFT_BOUNCE: 2, Kind.IGNORED: 1}
+# Which recipient's result speaks for the whole message: a dead address first.
+_SEVERITY = {
+    Kind.HARD_BOUNCE: 5,
+    Kind.SOFT_BOUNCE: 4,
+    Kind.BLOCKED: 3,
+    Kind.UNKNOWN: 2,
+    Kind.IGNORED: 1,
+}
 _SINGLE_BYTE = re.compile(r"iso8859|cp12[5]\d|latin|koi8|mac-roman|cp437|cp850|ascii")
 
 
@@ -321,7 +375,10 @@ def _walk(root: Message) -> Iterator[tuple[Message, bool]]:
         ctype = _ctype(part)
         if ctype in _FIELD_TYPES or depth >= MAX_DEPTH:
             continue
-        payload = part.get_payload()
+        try:
+            payload = part.get_payload()
+        except (LookupError, ValueError):  # e.g. a NUL in a charset parameter
+            continue
         if isinstance(payload, list):
             nested = inside or ctype.startswith("message/")
             children = [p for p in payload[:MAX_PARTS] if isinstance(p, Message)]
@@ -439,9 +496,12 @@ def _text_recipients(scan: _Scan) -> list[str]:
     found = [a for v in scan.headers.get("x-failed-recipients", []) for a in _addresses(v)]
     for text in scan.texts:
         for m in _RECIPIENT_LINE.finditer(text):
-            found += _addresses(m.group(1))[:1]
+            found += _addresses(m.group(1) or m.group(2))[:1]
         for m in _RECIPIENT_PHRASES.finditer(text):
             found += _addresses(text[m.end() : m.end() + 200])[:1]
+    for text in scan.texts:  # last: a line holding only an address (Exim, GMX, KDDI)
+        for m in _ADDRESS_LINE.finditer(text):
+            found += _addresses(m.group(1))[:1]
     return found
 
 
@@ -459,19 +519,36 @@ def _classify(raw: bytes) -> Verdict:
     scan = _scan(msg)
     bounce_tokens, unsubscribe_tokens = _bounce_tokens(scan), _unsubscribe_tokens(scan)
 
-    def verdict(kind: Kind, recipients: Iterable[str] = (), **kw: str) -> Verdict:
+    def verdict(kind: Kind, recipients: Iterable[str] = (), **kw: Any) -> Verdict:
         return Verdict(kind, bounce_tokens, unsubscribe_tokens, _unique(recipients), **kw)
 
     if scan.dsn:
         found = _from_dsn(scan)
         if found is not None:
-            kind, recipients, status, diagnostic, reason = found
-            # Text addresses only when the report names none: its text may also list
-            # recipients that were delivered.
-            recipients = recipients or _text_recipients(scan) + _original_recipients(scan)
-            return verdict(kind, recipients, status=status, diagnostic=diagnostic, reason=reason)
+            rows, reason, _action = found
+            worst = rows[0]
+            recipients = [a for f in rows if f.kind is worst.kind for a in f.addresses]
+            if not recipients:
+                # Text addresses only when the report names none: its text may also
+                # list recipients that were delivered.
+                recipients = _text_recipients(scan) + _original_recipients(scan)
+                rows[0] = replace(worst, addresses=_unique(recipients))
+            failures = tuple(f for f in rows if f.kind is not Kind.IGNORED)
+            return verdict(
+                worst.kind,
+                recipients,
+                status=worst.status,
+                diagnostic=worst.diagnostic,
+                reason=reason,
+                cause=worst.cause,
+                failures=failures,
+                detector="dsn",
+            )
     if scan.arf or scan.report_type == "feedback-report":
         return _from_arf(scan, verdict)
+    ses = _ses_notification(scan)
+    if ses is not None:
+        return _from_ses(ses, raw, verdict)
     if scan.mdn or scan.report_type.endswith("disposition-notification"):
         return verdict(Kind.IGNORED, reason="read receipt (MDN)")
 
@@ -499,7 +576,7 @@ def _classify(raw: bytes) -> Verdict:
             Kind.UNSUBSCRIBE, (), _unique(unsubscribe), (), reason="mail to unsubscribe+"
         )
     if bounce_like:
-        return _from_text(scan, subject, verdict)
+        return _from_text(scan, subject, verdict, msg, raw)
     return verdict(Kind.UNKNOWN, reason="not a report, bounce, auto-reply or unsubscribe")
 
 
@@ -513,24 +590,29 @@ def _reply_of(text: str) -> str:
     return (m.group(1) or m.group(2)) if m else ""
 
 
-def _from_dsn(scan: _Scan) -> tuple[Kind, list[str], str, str, str] | None:
-    """Worst recipient first: our messages have one recipient, a relay may report several."""
-    rows = []
+def _from_dsn(scan: _Scan) -> tuple[list[Failure], str, str] | None:
+    """Every recipient block of the report judged on its own, worst first, with the
+    worst one's action and the delivered ones as IGNORED."""
+    rows: list[tuple[Failure, str]] = []
     for fields in scan.dsn:
         if not ({"action", "status", "final-recipient"} & fields.keys()):
             continue
         action = fields.get("action", "").split(" ")[0].lower()
         diagnostic = fields.get("diagnostic-code", "")
+        text = re.sub(r"^[\w-]+;\s*", "", diagnostic)
         status = _status_of(fields.get("status", "")) or _status_of(diagnostic)
-        reply = _reply_of(re.sub(r"^[\w-]+;\s*", "", diagnostic))
-        if action == "failed" or status.startswith("5"):
-            kind = Kind.HARD_BOUNCE
-        elif action == "delayed" or status.startswith("4"):
-            kind = Kind.SOFT_BOUNCE
-        elif action in ("delivered", "relayed", "expanded") or status.startswith("2"):
-            kind = Kind.IGNORED
-        elif reply:
-            kind = Kind.HARD_BOUNCE if reply.startswith("5") else Kind.SOFT_BOUNCE
+        reply = _reply_of(text)
+        if action in ("delivered", "relayed", "expanded") or status.startswith("2"):
+            kind, cause = Kind.IGNORED, Reason.UNKNOWN
+        elif action in ("failed", "delayed") or status[:1] in ("4", "5") or reply:
+            cause = reason_for(status, text, reply, action)
+            generic = not status or status.endswith(".0.0")
+            if cause in (Reason.UNKNOWN, Reason.DELAYED) and generic and len(scan.dsn) <= 2:
+                # "Status: 5.0.0" and no diagnostic: the notice's own words may say it
+                # ("the address couldn't be found"); only for a report about one
+                # recipient (a per-message block and one recipient block at most).
+                cause = reason_for(status, "\n".join(scan.texts), reply, action)
+            kind = kind_of(cause)
         else:
             continue
         addresses = [
@@ -538,15 +620,15 @@ def _from_dsn(scan: _Scan) -> tuple[Kind, list[str], str, str, str] | None:
             for name in ("original-recipient", "final-recipient", "x-actual-recipient")
             for a in _addresses(re.sub(r"^[\w-]+;", "", fields.get(name, "")))[:1]
         ]
-        rows.append((kind, addresses, status, action, diagnostic))
+        failure = Failure(kind, cause, _unique(addresses), status, _one_line(text))
+        rows.append((failure, action))
     if not rows:
         return None
-    worst = max(_SEVERITY[row[0]] for row in rows)
-    rows = [row for row in rows if _SEVERITY[row[0]] == worst]
-    kind, _, status, action, diagnostic = rows[0]
-    recipients = [a for row in rows for a in row[1]]
-    reason = f"DSN Action: {_one_line(action, 40) or 'none'}, {status or 'no status'}"
-    return kind, recipients, status, _one_line(re.sub(r"^[\w-]+;\s*", "", diagnostic)), reason
+    # Stable: among equals the report's own order stays.
+    rows.sort(key=lambda row: -_SEVERITY[row[0].kind])
+    worst, action = rows[0]
+    reason = f"DSN Action: {_one_line(action, 40) or 'none'}, {worst.status or 'no status'}"
+    return [f for f, _ in rows], reason, action
 
 
 def _from_arf(scan: _Scan, verdict: _Make) -> Verdict:
@@ -560,8 +642,91 @@ def _from_arf(scan: _Scan, verdict: _Make) -> Verdict:
     ] + _original_recipients(scan)
     reason = f"ARF Feedback-Type: {_one_line(feedback, 40)}"
     if feedback in ("not-spam", "auth-failure"):
-        return verdict(Kind.IGNORED, recipients, reason=reason)
-    return verdict(Kind.COMPLAINT, recipients, reason=reason)
+        return verdict(Kind.IGNORED, recipients, reason=reason, detector="arf")
+    return verdict(
+        Kind.COMPLAINT, recipients, reason=reason, cause=Reason.COMPLAINT, detector="arf"
+    )
+
+
+def _ses_notification(scan: _Scan) -> dict[str, Any] | None:
+    """An Amazon SES bounce or complaint notification (JSON, often inside an SNS
+    envelope) mailed to us, or None."""
+    for text in scan.texts[:3]:
+        body = text.strip()
+        if not (body.startswith("{") and len(body) < MAX_TEXT):
+            continue
+        # SNS appends a footer after the object, and folding may put line breaks inside
+        # its strings: the first object is read, leniently.
+        decoder = json.JSONDecoder(strict=False)
+        try:
+            data, _end = decoder.raw_decode(body)
+            if isinstance(data, dict) and isinstance(data.get("Message"), str):
+                data, _end = decoder.raw_decode(data["Message"].strip())
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(data, dict) and data.get("notificationType") in ("Bounce", "Complaint"):
+            return data
+    return None
+
+
+def _ses_list(value: object) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)][:MAX_PARTS] if isinstance(value, list) else []
+
+
+def _from_ses(data: dict[str, Any], raw: bytes, verdict: _Make) -> Verdict:
+    haystack = raw.lower()
+
+    def literal(value: object) -> list[str]:
+        found = _addresses(str(value or ""))[:1]
+        return [a for a in found if a.lower().encode() in haystack]
+
+    if data.get("notificationType") == "Complaint":
+        complaint = data.get("complaint") if isinstance(data.get("complaint"), dict) else {}
+        recipients = [
+            a
+            for r in _ses_list(complaint.get("complainedRecipients"))
+            for a in literal(r.get("emailAddress"))
+        ]
+        return verdict(
+            Kind.COMPLAINT,
+            recipients,
+            reason="Amazon SES complaint notification",
+            cause=Reason.COMPLAINT,
+            detector="ses",
+        )
+    bounce = data.get("bounce") if isinstance(data.get("bounce"), dict) else {}
+    transient = str(bounce.get("bounceType", "")).lower() == "transient"
+    failures = []
+    for r in _ses_list(bounce.get("bouncedRecipients")):
+        status = _status_of(str(r.get("status") or ""))
+        text = re.sub(r"^[\w-]+;\s*", "", str(r.get("diagnosticCode") or ""))
+        action = "delayed" if transient else str(r.get("action") or "failed")
+        cause = reason_for(status, text, _reply_of(text), action)
+        if transient and GROUP[cause] is Group.ADDRESS:
+            cause = Reason.DELAYED
+        failures.append(
+            Failure(
+                kind_of(cause),
+                cause,
+                _unique(literal(r.get("emailAddress"))),
+                status,
+                _one_line(text),
+            )
+        )
+    if not failures:
+        return verdict(Kind.UNKNOWN, reason="Amazon SES notification naming nobody")
+    failures.sort(key=lambda f: -_SEVERITY[f.kind])
+    worst = failures[0]
+    return verdict(
+        worst.kind,
+        [a for f in failures if f.kind is worst.kind for a in f.addresses],
+        status=worst.status,
+        diagnostic=worst.diagnostic,
+        reason=f"Amazon SES bounce notification, {worst.status or 'no status'}",
+        cause=worst.cause,
+        failures=tuple(failures),
+        detector="ses",
+    )
 
 
 def _auto_reply(
@@ -590,10 +755,19 @@ def _auto_reply(
     return ""
 
 
-def _from_text(scan: _Scan, subject: str, verdict: _Make) -> Verdict:
-    """A bounce without a DSN part: read the codes and phrases of its own text."""
-    text = "\n".join(scan.texts)
-    recipients = _text_recipients(scan) + _original_recipients(scan)
+@dataclass(frozen=True)
+class _TextJudgement:
+    kind: Kind
+    cause: Reason
+    status: str
+    diagnostic: str
+    why: str
+
+
+def _judge_text(text: str, delay_notice: bool, given_up: bool = False) -> _TextJudgement | None:
+    """Read the codes and phrases of a notice's own words; None if they state nothing.
+    `given_up`: the notice around these words says the failure is final (qmail puts
+    "This is a permanent error; I've given up" once, above every recipient)."""
     enhanced = [m for m in _ENHANCED.finditer(text) if m.group(1) in "45"]
     replies = list(_REPLY.finditer(text))
 
@@ -607,43 +781,138 @@ def _from_text(scan: _Scan, subject: str, verdict: _Make) -> Verdict:
         end = text.find("\n", m.end())
         return _one_line(text[start : end if end >= 0 else len(text)])
 
+    def code(m: re.Match[str] | None) -> str:
+        if m is None:
+            return ""
+        return ".".join(m.groups()) if m.re is _ENHANCED else (m.group(1) or m.group(2))
+
     hard_status, soft_status = first(enhanced, "5"), first(enhanced, "4")
     hard_reply, soft_reply = first(replies, "5"), first(replies, "4")
     permanent = _PERMANENT.search(text) or _GAVE_UP.search(text)
     transient = _TRANSIENT.search(text)
+    if delay_notice:
+        status_m, reply_m, action = soft_status, soft_reply, "delayed"
+    elif hard_status or hard_reply or permanent:
+        status_m, reply_m, action = hard_status or soft_status, hard_reply or soft_reply, "failed"
+    elif soft_status or soft_reply or transient:
+        status_m, reply_m, action = soft_status, soft_reply, "delayed"
+    elif given_up and text.strip():
+        status_m, reply_m, action = None, None, "failed"
+    elif (said := text_reason(text)) is not None:
+        # No code, but words that name a reason ("not listed in Domino Directory").
+        status_m, reply_m = None, None
+        action = "delayed" if GROUP[said] in (Group.MAILBOX, Group.TRANSIENT) else "failed"
+    else:
+        return None
+    if status_m is not None and reply_m is not None and status_m.group(1) != code(reply_m)[:1]:
+        # "550 ... 4.4.7": the reply and the code disagree; the code is the finer.
+        reply_m = None
+    status, reply = code(status_m), code(reply_m)
+    cause = _focused_reason(text, status_m or reply_m, status, reply, action)
+    if delay_notice and GROUP[cause] is not Group.SENDER:
+        cause = Reason.DELAYED
+    found = status_m or reply_m or permanent or transient
+    what = "delay notice" if delay_notice else f"bounce text: {status or reply or cause.value}"
+    return _TextJudgement(kind_of(cause), cause, status, line(found), what)
 
-    def status(m: re.Match[str] | None) -> str:
-        return ".".join(m.groups()) if m else ""
 
-    def soft(reason: str) -> Verdict:
-        return verdict(
-            Kind.SOFT_BOUNCE,
-            recipients,
-            status=status(soft_status),
-            diagnostic=line(soft_status or soft_reply or transient),
-            reason=reason,
-        )
+def _focused_reason(
+    text: str, at: re.Match[str] | None, status: str, reply: str, action: str
+) -> Reason:
+    """The reason from the words around the quoted code first (a notice's boilerplate,
+    or a copy of the original's headers, can hold anything), then from all its words."""
+    if at is not None:
+        start = text.rfind("\n", 0, at.start()) + 1
+        end = at.end()
+        for _ in range(3):  # the code's line and the two after it
+            nxt = text.find("\n", end + 1)
+            end = nxt if nxt >= 0 else len(text)
+        near = reason_for(status, text[start:end], reply, action)
+        if near not in (Reason.UNKNOWN, Reason.POLICY):
+            return near
+        wide = reason_for(status, text, reply, action)
+        return wide if wide not in (Reason.UNKNOWN, Reason.POLICY) else near
+    return reason_for(status, text, reply, action)
 
-    if _DELAY_SUBJECT.search(subject):
-        return soft("delay notice")
-    if hard_status or hard_reply:
-        found = hard_status or hard_reply
-        code = status(hard_status) or found.group(1) or found.group(2)
-        return verdict(
-            Kind.HARD_BOUNCE,
-            recipients,
-            status=status(hard_status),
-            diagnostic=line(found),
-            reason=f"bounce text: {code}",
+
+def _recipient_blocks(text: str) -> list[tuple[str, str]]:
+    """A notice's words cut at each line that starts a recipient ("<address>:" in
+    Postfix, Sendmail, qmail; a line holding only the address in Exim and GMX), so that
+    each recipient is judged on its own words; [] when it names fewer than two."""
+    starts = sorted(
+        [
+            (m.start(), a)
+            for m in _RECIPIENT_LINE.finditer(text)
+            for a in _addresses(m.group(1) or m.group(2))[:1]
+        ]
+        + [(m.start(), a) for m in _ADDRESS_LINE.finditer(text) for a in _addresses(m.group(1))[:1]]
+    )
+    if len({a.lower() for _, a in starts}) < 2:
+        return []
+    ends = [pos for pos, _ in starts[1:]] + [len(text)]
+    return [(a, text[pos:end]) for (pos, a), end in zip(starts, ends, strict=True)]
+
+
+def _from_text(scan: _Scan, subject: str, verdict: _Make, msg: Message, raw: bytes) -> Verdict:
+    """A bounce without a DSN part: read the codes and phrases of its own text, and
+    let flufl.bounce find the addresses of the layouts we do not know."""
+    text = "\n".join(scan.texts)
+    recipients = _text_recipients(scan) + _original_recipients(scan)
+    delay = bool(_DELAY_SUBJECT.search(subject))
+    failures: list[Failure] = []
+    given_up = bool(_PERMANENT.search(text) or _GAVE_UP.search(text))
+    for address, words in _recipient_blocks(text):
+        judged = _judge_text(words, delay, given_up)
+        if judged is not None:
+            failures.append(
+                Failure(judged.kind, judged.cause, (address,), judged.status, judged.diagnostic)
+            )
+    whole = _judge_text(text, delay)
+    detector = "text"
+    if not failures and not recipients:
+        # Only addresses in what we read ourselves as the notice, or in the attached
+        # original's headers: never one quoted from the original's body, never one in a
+        # binary attachment.
+        readable = "\n".join(
+            scan.texts + [v for o in scan.originals for vs in o.values() for v in vs]
         )
-    if permanent:
-        return verdict(
-            Kind.HARD_BOUNCE,
-            recipients,
-            status=status(soft_status),
-            diagnostic=line(permanent),
-            reason=f"bounce text: {permanent.group(0).lower()}",
+        found = detect(msg, readable.encode("utf-8", "replace"))
+        if found is not None:
+            detector = found.detector
+            cause = whole.cause if whole is not None else Reason.UNKNOWN
+            status = whole.status if whole is not None else ""
+            diagnostic = whole.diagnostic if whole is not None else ""
+            for address in found.permanent:
+                failures.append(Failure(kind_of(cause), cause, (address,), status, diagnostic))
+            for address in found.temporary:
+                soft = cause if GROUP[cause] is not Group.ADDRESS else Reason.DELAYED
+                failures.append(Failure(kind_of(soft), soft, (address,), status, diagnostic))
+    if whole is None and not failures:
+        if not recipients:
+            return verdict(Kind.UNKNOWN, recipients, reason="bounce notice without a reason")
+        whole = _TextJudgement(
+            kind_of(Reason.UNKNOWN), Reason.UNKNOWN, "", "", "bounce notice without a reason"
         )
-    if soft_status or soft_reply or transient:
-        return soft("bounce text: temporary failure")
-    return verdict(Kind.UNKNOWN, recipients, reason="bounce notice without a reason")
+    if not failures and whole is not None:
+        failures = [
+            Failure(whole.kind, whole.cause, _unique(recipients), whole.status, whole.diagnostic)
+        ]
+    failures.sort(key=lambda f: -_SEVERITY[f.kind])
+    worst = failures[0]
+    if whole is None or _recipient_blocks(text):
+        why = f"bounce text: {worst.status or worst.cause.value}"
+    else:
+        why = whole.why
+    if detector != "text":
+        why = f"{detector}, {why}"
+    named = [a for f in failures if f.kind is worst.kind for a in f.addresses]
+    return verdict(
+        worst.kind,
+        recipients + named,
+        status=worst.status,
+        diagnostic=worst.diagnostic,
+        reason=why,
+        cause=worst.cause,
+        failures=tuple(failures),
+        detector=detector,
+    )

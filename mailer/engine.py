@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
@@ -28,10 +29,12 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from campaigns import deliveries
+from campaigns.bounce_reasons import is_block, is_hard
 from campaigns.config import Settings
 from campaigns.deliveries import ClaimResult, Progress
 from campaigns.models import Campaign, utcnow
 from mailer.message import CompiledCampaign, Recipient
+from mailer.reasons import reason_for
 from mailer.render import compile_campaign
 from mailer.tokens import signer_from_settings
 from mailer.transport import (
@@ -61,6 +64,10 @@ class RunReport:
     retrying: int = 0
     finished: bool = False
     stopped: str = ""
+    # Deliveries held back because their receiving domain kept blocking us, and those
+    # domains, most held first (issue 14).
+    held: int = 0
+    held_domains: tuple[str, ...] = ()
 
 
 log = logging.getLogger("campaigns.send")
@@ -263,6 +270,10 @@ class SendEngine:
         self._opened: set[Connection] = set()
         self._connecting = 0
         self._refusals = 0
+        # Per receiving domain in this run: messages tried, blocks, and those held back.
+        self._tries: Counter[str] = Counter()
+        self._blocks: Counter[str] = Counter()
+        self._held: set[str] = set()
 
     # ------------------------------------------------------------------ helpers
 
@@ -306,7 +317,7 @@ class SendEngine:
 
         def on_commit(batch: Progress) -> None:
             report.sent += len(batch.sent)
-            report.failed += len(batch.failed) + len(batch.bounced)
+            report.failed += len(batch.failed) + len(batch.bounced) + len(batch.refused)
             report.in_doubt += len(batch.in_doubt)
             report.retrying += len(batch.retry)
             self._notify(report)
@@ -314,6 +325,7 @@ class SendEngine:
         # Claims this run gives back at the end (released unless already marked).
         leftovers: list[int] = []
         self._opened, self._connecting, self._refusals = set(), 0, 0
+        self._tries, self._blocks, self._held = Counter(), Counter(), set()
         committer.expected = self.connections
         commit_task = asyncio.create_task(committer.run(on_commit))
         senders = [
@@ -374,6 +386,12 @@ class SendEngine:
         if errors:
             raise errors[0]
         report.finished = await asyncio.to_thread(deliveries.finish_if_done, self.db, campaign_id)
+        if not report.finished:
+            held = await asyncio.to_thread(deliveries.held_by_domain, self.db, campaign_id)
+            report.held = sum(held.values())
+            report.held_domains = tuple(held)
+            if held and not report.stopped:
+                report.stopped = "held back: " + ", ".join(f"{d} ({n})" for d, n in held.items())
         self._notify(report)
         return report
 
@@ -498,6 +516,11 @@ class SendEngine:
     ) -> Connection | None:
         """Send one message and write its outcome into `out`; returns the connection.
         `then` is the message this connection sends next, if known."""
+        domain = _domain(item.email)
+        if domain in self._held:
+            out.held.append((item.delivery_id, domain))
+            return conn
+        self._tries[domain] += 1
         try:
             if conn is None or not conn.is_open:
                 self._opened.discard(conn)  # type: ignore[arg-type]
@@ -546,12 +569,22 @@ class SendEngine:
             out.sent.append(item.delivery_id)
         elif outcome.permanent:
             error = f"{outcome.code} {outcome.text}"
-            if outcome.stage == "rcpt":
+            cause = reason_for(text=error, reply=str(outcome.code))
+            if outcome.stage == "rcpt" and is_hard(cause):
+                # Only a refused recipient says the address is dead (DESIGN.md §4): a
+                # 5xx at DATA refused the message, whatever its words.
                 out.bounced.append((item.delivery_id, item.email, error))
             else:
-                out.failed.append((item.delivery_id, error))
+                out.refused.append((item.delivery_id, item.email, error, cause.value))
+                if is_block(cause):
+                    self._blocked(domain, out)
         else:
-            self._retry(item, f"{outcome.code} {outcome.text}", out)
+            error = f"{outcome.code} {outcome.text}"
+            self._retry(item, error, out)
+            # "421 4.7.0 [TSS04] ... deferred due to unexpected volume": a provider
+            # throttling us counts toward holding its domain back too.
+            if is_block(reason_for(text=error, reply=str(outcome.code))):
+                self._blocked(domain, out)
         return conn if conn.is_open else None
 
     async def _stand_down(
@@ -581,6 +614,25 @@ class SendEngine:
                 sum(c.is_open for c in self._opened),
                 self.connections,
             )
+
+    def _blocked(self, domain: str, out: Progress) -> None:
+        """Count a block; past the threshold, hold back the rest of that domain."""
+        self._blocks[domain] += 1
+        blocks, tries = self._blocks[domain], self._tries[domain]
+        s = self.settings
+        if domain in self._held or blocks < s.block_hold_count:
+            return
+        if blocks < s.block_hold_share * tries:
+            return
+        self._held.add(domain)
+        out.hold_domains.append(domain)
+        log.warning(
+            "%s refused %d of %d messages as blocks (not about the recipients): holding "
+            "back the rest of that domain; `campaigns campaign release` sends them later",
+            domain,
+            blocks,
+            tries,
+        )
 
     def _retry(self, item: _Item, error: str, out: Progress) -> None:
         if item.attempts + 1 >= self.settings.max_attempts:
@@ -668,6 +720,10 @@ def _all_done(tasks: list[asyncio.Task[None]]) -> asyncio.Event:
         t.add_done_callback(check)
     check()
     return done
+
+
+def _domain(email: str) -> str:
+    return email.rpartition("@")[2].lower()
 
 
 def _settle(queue: asyncio.Queue[_Item | None], n: int) -> int:

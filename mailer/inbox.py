@@ -12,6 +12,7 @@ be understood, or names nobody we mailed, is kept, flagged and reported.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,15 +30,19 @@ from mailer.tokens import TokenKind, TokenSigner, signer_from_settings
 _EFFECTS = {
     Kind.HARD_BOUNCE: Effect.HARD_BOUNCE,
     Kind.SOFT_BOUNCE: Effect.SOFT_BOUNCE,
+    Kind.BLOCKED: Effect.BLOCK,
     Kind.COMPLAINT: Effect.COMPLAINT,
     Kind.UNSUBSCRIBE: Effect.MAILTO,
 }
 WORDS = {
     Effect.HARD_BOUNCE: "hard bounce",
     Effect.SOFT_BOUNCE: "soft bounce",
+    Effect.BLOCK: "block",
     Effect.COMPLAINT: "complaint",
     Effect.MAILTO: "mailto unsubscribe",
 }
+# An address in a server's words is personal data: it is never stored (issue 14).
+_ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
 
 
 class InboxNotConfigured(Exception):
@@ -50,6 +55,8 @@ class InboxReport:
 
     read: int = 0
     applied: dict[str, int] = field(default_factory=lambda: {e.value: 0 for e in Effect})
+    # Recipients of bounces by reason (campaigns.bounce_reasons), aggregate.
+    reasons: dict[str, int] = field(default_factory=dict)
     suppressed: int = 0
     withdrawn: int = 0
     ignored: int = 0
@@ -65,6 +72,7 @@ class InboxReport:
             "withdrawn": self.withdrawn,
             "ignored": self.ignored,
             "duplicates": self.duplicates,
+            "reasons": dict(sorted(self.reasons.items())),
             "kept": [{"key": k, "reason": r} for k, r in self.kept],
         }
 
@@ -84,21 +92,56 @@ def _verified(
     return None, None
 
 
-def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, Returned | None]:
-    """Classify a message; for one with an effect, what `campaigns.returns` needs."""
+def redact(diagnostic: str) -> str:
+    """A server's words without the addresses in them."""
+    return _ADDRESS.sub("<address>", diagnostic)[:300]
+
+
+def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, list[Returned]]:
+    """Classify a message; for one with an effect, what `campaigns.returns` needs: one
+    item per recipient of a bounce, each judged on its own."""
     verdict = classify(raw)
     effect = _EFFECTS.get(verdict.kind)
     if effect is None:
-        return verdict, None
+        return verdict, []
     contact_id, campaign_id = _verified(signer, verdict, effect)
-    return verdict, Returned(
-        effect=effect,
-        message_hash=hashlib.sha256(raw).hexdigest(),
-        contact_id=contact_id,
-        campaign_id=campaign_id,
-        addresses=verdict.recipients if effect is not Effect.MAILTO else (),
-        status=verdict.status,
-    )
+    digest = hashlib.sha256(raw).hexdigest()
+    if not verdict.failures:
+        return verdict, [
+            Returned(
+                effect=effect,
+                message_hash=digest,
+                contact_id=contact_id,
+                campaign_id=campaign_id,
+                addresses=verdict.recipients if effect is not Effect.MAILTO else (),
+                status=verdict.status,
+                reason=verdict.cause.value,
+                detector=verdict.detector,
+            )
+        ]
+    items = []
+    for i, failure in enumerate(verdict.failures):
+        first = i == 0
+        items.append(
+            Returned(
+                effect=_EFFECTS[failure.kind],
+                # The first keeps the message's own hash (a second reading is a no-op);
+                # the others are told apart by their address.
+                message_hash=digest
+                if first
+                else hashlib.sha256(raw + b"\0" + ",".join(failure.addresses).encode()).hexdigest(),
+                # A token names one person: the worst failure is theirs (our messages
+                # have one recipient; a relay reporting several expanded that one).
+                contact_id=contact_id if first else None,
+                campaign_id=campaign_id if first else None,
+                addresses=failure.addresses or (verdict.recipients if first else ()),
+                status=failure.status,
+                reason=failure.cause.value,
+                diagnostic=redact(failure.diagnostic),
+                detector=verdict.detector,
+            )
+        )
+    return verdict, items
 
 
 def _apply(engine: Engine, item: Returned, policy: Policy) -> Outcome:
@@ -130,26 +173,31 @@ def process(
     report = report if report is not None else InboxReport()
     for key, raw in box.unprocessed():
         report.read += 1
-        verdict, item = understand(raw, signer)
+        verdict, items = understand(raw, signer)
         if verdict.kind in (Kind.AUTO_REPLY, Kind.IGNORED):
             report.ignored += 1
             box.mark_processed(key)
-        elif item is None:
+        elif not items:
             why = anonymous_reason(verdict.reason) if verdict.reason else ""
             report.kept.append((key, f"not understood{': ' + why if why else ''}"))
             box.mark_unknown(key)
         else:
-            outcome = _apply(engine, item, policy)
-            if outcome.duplicate:
+            outcomes = [(item, _apply(engine, item, policy)) for item in items]
+            if all(o.duplicate for _, o in outcomes):
                 report.duplicates += 1
                 box.mark_processed(key)
-            elif not outcome.matched:
-                report.kept.append((key, f"{WORDS[item.effect]} naming no delivery of ours"))
+            elif not any(o.matched for _, o in outcomes):
+                report.kept.append((key, f"{WORDS[items[0].effect]} naming no delivery of ours"))
                 box.mark_unknown(key)
             else:
-                report.applied[item.effect.value] += 1
-                report.suppressed += outcome.suppressed
-                report.withdrawn += outcome.withdrawn
+                for item, outcome in outcomes:
+                    if not outcome.matched or outcome.duplicate:
+                        continue
+                    report.applied[item.effect.value] += 1
+                    report.suppressed += outcome.suppressed
+                    report.withdrawn += outcome.withdrawn
+                    if item.reason and item.effect is not Effect.MAILTO:
+                        report.reasons[item.reason] = report.reasons.get(item.reason, 0) + 1
                 box.mark_processed(key)
         if on_message is not None:
             on_message(report)

@@ -25,12 +25,36 @@ PG_URL = os.environ.get("CAMPAIGNS_TEST_POSTGRES_URL", "")
 # The mutation check (`python3 dev.py mutants` sets HYPOTHESIS_PROFILE=mutants) runs the
 # tests once per mutant: the same examples every time, so a verdict never depends on
 # luck or on examples saved by an earlier mutant, and fewer of them.
+MUTANTS_MAX_EXAMPLES = 25
 hypothesis_settings.register_profile(
-    "mutants", derandomize=True, database=None, max_examples=50, deadline=None
+    "mutants",
+    derandomize=True,
+    database=None,
+    max_examples=MUTANTS_MAX_EXAMPLES,
+    deadline=None,
 )
 hypothesis_settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under the mutants profile, cap the tests that ask for more examples too: they
+    would otherwise run their hundreds of examples once per mutant (the check took
+    about half an hour with them, against the 20 minutes it is meant to take)."""
+    if hypothesis_settings.get_current_profile_name() != "mutants":
+        return
+    for item in items:
+        test = getattr(item, "obj", None)
+        own = getattr(test, "_hypothesis_internal_use_settings", None)
+        if own is not None and own.max_examples > MUTANTS_MAX_EXAMPLES:
+            # hypothesis reads this attribute when the test runs, not when it is defined.
+            test._hypothesis_internal_use_settings = hypothesis_settings(  # type: ignore[union-attr]
+                own, max_examples=MUTANTS_MAX_EXAMPLES
+            )
+
+
 # Tables emptied between hypothesis examples, children first.
 TABLES = (
+    "suppression_changes",
     "return_events",
     "deliveries",
     "consent_events",

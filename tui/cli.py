@@ -305,7 +305,7 @@ def cmd_campaign_show(app: App, args: argparse.Namespace) -> int:
         data = campaign.summary(s, campaign.get(s, args.name))
 
     def text() -> str:
-        lines = [f"{k}: {v}" for k, v in data.items() if k != "counts" and v not in (None, {})]
+        lines = [f"{k}: {v}" for k, v in data.items() if k != "counts" and v not in (None, {}, [])]
         lines += [f"{k}: {v}" for k, v in data["counts"].items()]
         return "\n".join(lines)
 
@@ -450,6 +450,8 @@ def _run_dict(r: Any) -> dict[str, Any]:
         "retrying": r.retrying,
         "finished": r.finished,
         "stopped": r.stopped or None,
+        "held": r.held,
+        "held_domains": list(r.held_domains),
     }
 
 
@@ -459,6 +461,27 @@ def _run_line(r: dict[str, Any]) -> str:
         f"{r['campaign']}: sent {r['sent']}, failed {r['failed']}, skipped {r['skipped']}, "
         f"in doubt {r['in_doubt']}, retrying {r['retrying']}; {state}"
     )
+
+
+def cmd_campaign_release(app: App, args: argparse.Namespace) -> int:
+    from campaigns import campaign, deliveries
+
+    with app.session() as s:
+        c = campaign.get(s, args.name)
+        campaign_id = c.id
+    assert campaign_id is not None
+    released = deliveries.release_held(app.engine, campaign_id, args.domain or "")
+    where = f" for {args.domain}" if args.domain else ""
+    data = {"campaign": args.name, "released": released, "domain": args.domain or None}
+    out(
+        data,
+        args.json,
+        lambda: (
+            f"released {released} held deliveries{where} of {args.name!r}: the next send-due "
+            "(or campaign send) sends them"
+        ),
+    )
+    return 0
 
 
 def cmd_campaign_send(app: App, args: argparse.Namespace) -> int:
@@ -556,6 +579,9 @@ def _inbox_summary(report: InboxReport) -> str:
         lines.append(f"{ignored} ignored")
     if report.duplicates:
         lines.append(f"{plural(report.duplicates, 'message')} already processed")
+    if report.reasons:
+        reasons = ", ".join(f"{r.replace('_', ' ')} {n}" for r, n in sorted(report.reasons.items()))
+        lines.append(f"reasons: {reasons}")
     if report.kept:
         lines.append(f"kept and flagged for a human: {len(report.kept)}")
         lines += [f"  {key}: {why}" for key, why in report.kept]
@@ -579,6 +605,30 @@ def cmd_inbox_process(app: App, args: argparse.Namespace) -> int:
     out(report.as_dict(), args.json, lambda: _inbox_summary(report))
     # Like an import with rejected rows: something needs a person, so cron should say so.
     return 1 if report.kept else 0
+
+
+def cmd_inbox_reclassify(app: App, args: argparse.Namespace) -> int:
+    from mailer.reclassify import reclassify
+
+    lifts = reclassify(app.engine, dry_run=args.dry_run)
+    data = {
+        "dry_run": args.dry_run,
+        "lifted": len(lifts),
+        "lifts": [
+            {"campaign_id": x.campaign_id, "reason": x.reason.value, "why": x.why} for x in lifts
+        ],
+    }
+
+    def text() -> str:
+        verb = "would lift" if args.dry_run else "lifted"
+        head = f"{verb} {plural(len(lifts), 'hard-bounce suppression')}"
+        return "\n".join(
+            [head + (":" if lifts else " (every one still reads as a dead address)")]
+            + [f"  campaign {x.campaign_id}: {x.why}" for x in lifts]
+        )
+
+    out(data, args.json, text)
+    return 0
 
 
 def cmd_serve(app: App, args: argparse.Namespace) -> int:
@@ -733,6 +783,14 @@ def build_parser() -> Parser:
     c.add_argument("name")
     c = cmd(ksub, "resume", cmd_campaign_resume, "let a paused send go on")
     c.add_argument("name")
+    c = cmd(
+        ksub,
+        "release",
+        cmd_campaign_release,
+        "send the deliveries held back because their receiving domain kept blocking us",
+    )
+    c.add_argument("name")
+    c.add_argument("--domain", help="only this receiving domain's")
 
     c = cmd(sub, "serve", cmd_serve, "serve the unsubscribe and preference pages")
     c.add_argument("--host", default="127.0.0.1")
@@ -746,6 +804,14 @@ def build_parser() -> Parser:
         cmd_inbox_process,
         "for cron: read the return mailbox (CAMPAIGNS_INBOX_URL) once and apply what came back",
     )
+    c = cmd(
+        isub,
+        "reclassify",
+        cmd_inbox_reclassify,
+        "read past hard bounces again under today's reason rules; lift those that were "
+        "about us (a block), not the address",
+    )
+    c.add_argument("--dry-run", action="store_true", help="only list what would be lifted")
 
     dbp = sub.add_parser("db", help="database maintenance")
     dsub = dbp.add_subparsers(dest="subcommand", required=True, parser_class=Parser)

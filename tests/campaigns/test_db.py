@@ -326,3 +326,30 @@ def test_an_old_sqlite_is_refused_in_one_line(tmp_path, monkeypatch) -> None:
     ):
         make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     assert not (tmp_path / "x.db").exists()
+
+
+def test_upgrade_to_return_reasons_keeps_the_events_and_reclassify_reads_them(
+    db_url: str,
+) -> None:
+    """0004 → 0005: return events gain a reason, its group, a domain, the server's words
+    and the detector, all "" for the rows from before; the lift ledger is new."""
+    engine = _engine_at(db_url, "0004")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO return_events (message_hash, kind, address_hash, status,"
+                " occurred_at, campaign_id, delivery_id) VALUES ('m', 'hard_bounce', 'h',"
+                " '5.7.1', CURRENT_TIMESTAMP, 7, NULL)"
+            )
+        )
+    assert upgrade(engine) == ("0004", SCHEMA_HEAD)
+    with engine.connect() as conn:
+        row = conn.execute(
+            text(
+                "SELECT kind, status, reason, reason_group, domain, diagnostic, detector"
+                " FROM return_events"
+            )
+        ).one()
+        assert tuple(row) == ("hard_bounce", "5.7.1", "", "", "", "", "")
+        assert conn.execute(text("SELECT count(*) FROM suppression_changes")).scalar() == 0
+    engine.dispose()

@@ -31,12 +31,12 @@ from campaigns.purposes import Kind, Purpose, SuppressionReason
 from tests.conftest import Db
 
 
-def _people(db: Db, n: int) -> list[Contact]:
+def _people(db: Db, n: int, domain: str = "example.com") -> list[Contact]:
     """`n` contacts who granted promotional mail (by a confirmed signup)."""
     out = []
     with db.session() as s:
         for i in range(n):
-            email = f"reader{i}@example.com"
+            email = f"reader{i}@{domain}"
             c = Contact(email=email, email_key=email, name=f"Reader {i}")
             s.add(c)
             s.flush()

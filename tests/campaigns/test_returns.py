@@ -469,10 +469,12 @@ def test_a_message_read_again_after_a_newer_send_changes_nothing(db: Db) -> None
             "soft_bounce": 0,
             "complaint": 0,
             "mailto": 0,
+            "block": 0,
         }
         assert returns.counts_for_campaign(s, first) == {
             "hard_bounce": 0,
             "soft_bounce": 1,
             "complaint": 0,
             "mailto": 0,
+            "block": 0,
         }

@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from campaigns.bounce_reasons import Reason
 from mailer.bounces import Kind, Verdict, _clean, _clean_text, classify
 
 PUBLIC = Path(__file__).parent / "bounce_corpus" / "public"
@@ -295,7 +296,8 @@ def test_text_inside_an_attached_message_is_quoted_not_the_notice() -> None:
         ),
     )
     verdict = classify(raw)
-    assert verdict.kind == Kind.UNKNOWN
+    # A bounce naming its recipient but no reason: soft, cause unknown (README, Choices).
+    assert (verdict.kind, verdict.cause) == (Kind.SOFT_BOUNCE, Reason.UNKNOWN)
     assert (verdict.status, verdict.diagnostic) == ("", "")
     assert verdict.reason == "bounce notice without a reason"
     assert verdict.recipients == ("anna@example.org",)  # the original's first To address
@@ -713,8 +715,14 @@ def test_recipients_in_a_bounce_text() -> None:
 
 
 def test_only_the_first_address_after_a_phrase_is_a_recipient() -> None:
-    body = "The following address(es) failed:\n\n  anna@example.org\n  bert@example.org\n"
+    body = "The following address(es) failed: anna@example.org, bert@example.org\n"
     assert classify(text_bounce(body)).recipients == ("anna@example.org",)
+
+
+def test_each_address_on_a_line_of_its_own_is_a_recipient() -> None:
+    # Exim lists every failed address on a line of its own.
+    body = "The following address(es) failed:\n\n  anna@example.org\n  bert@example.org\n"
+    assert classify(text_bounce(body)).recipients == ("anna@example.org", "bert@example.org")
 
 
 def test_an_address_after_a_phrase_must_follow_within_200_characters() -> None:
@@ -1184,7 +1192,7 @@ def test_a_persons_mail_is_unknown_even_with_bounce_words_in_it() -> None:
         ("said: 550 rejected\n", "", "said: 550 rejected"),
         ("host mx.example.org: 554-5.7 blocked\n", "", "host mx.example.org: 554-5.7 blocked"),
         # Phrases when there is no code; a temporary code's status still says what it is.
-        ("It says 4.4.1 and:\nThe user unknown here.\n", "4.4.1", "The user unknown here."),
+        ("It says 4.4.1 and:\nThe user unknown here.\n", "4.4.1", "It says 4.4.1 and:"),
         (
             "Sorry, no mailbox here by that name. (#5.1.1)\n",
             "5.1.1",
@@ -1331,49 +1339,89 @@ def test_terra_abuse_report_from_sisimai() -> None:
 
 
 # ==========================================================================================
-# PRE-#14 RULES. The tests below pin today's hard/soft decision (README: "a delivery
-# status notification with `Action: failed` or a 5.x.x status ... suppresses the address
-# as a hard bounce; delays and 4.x.x are soft"). Issue #14 replaces it: the enhanced code
-# and text decide (5.1.x address = hard, 5.2.2 mailbox full = soft, 5.7.x sender or
-# content = never suppress). Rewrite this section with #14; the tests above stay.
+# THE REASON RULES (DESIGN.md §4, issue 14): the enhanced code first, then the words; the
+# group of the reason decides. Address = hard; mailbox and transient = soft; sender or
+# content = blocked, never suppressing; a failure with no readable reason = soft.
 # ==========================================================================================
 
-H, S = Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE
+H, S, B = Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED
 
 
 @pytest.mark.parametrize(
-    ("fields", "kind"),
+    ("fields", "kind", "cause"),
     [
-        ("Action: failed\nStatus: 4.4.7\n", H),
-        ("Action: delayed\nStatus: 5.2.2\n", H),
-        ("Status: 5.7.1\n", H),
-        ("Action: delayed\n", S),
-        ("Status: 4.2.2\n", S),
-        ("Diagnostic-Code: smtp; 550 Requested action not taken\n", H),
-        ("Diagnostic-Code: smtp; 450 Requested action not taken\n", S),
-        ("Diagnostic-Code: x-unix; rejected by mx, 554 5.7 policy\n", H),
-        ("Diagnostic-Code: x-unix; rejected by mx, 454 4.7 later\n", S),
+        # The code decides.
+        ("Action: failed\nStatus: 5.1.1\n", H, "user_unknown"),
+        ("Action: failed\nStatus: 5.1.2\n", H, "host_unknown"),
+        ("Action: failed\nStatus: 5.1.10\n", H, "host_unknown"),  # null MX, RFC 7505
+        ("Action: failed\nStatus: 5.1.6\n", H, "has_moved"),
+        ("Action: failed\nStatus: 5.2.1\n", H, "disabled"),
+        ("Action: failed\nStatus: 5.2.2\n", S, "mailbox_full"),
+        ("Action: delayed\nStatus: 5.2.2\n", S, "mailbox_full"),
+        ("Action: failed\nStatus: 5.2.3\n", B, "too_big"),
+        ("Action: failed\nStatus: 5.7.26\n", B, "auth_failure"),
+        ("Status: 5.7.1\n", B, "blocked"),
+        # `Action: failed` alone is not hard: expired after the MTA's retries.
+        ("Action: failed\nStatus: 4.4.7\n", S, "expired"),
+        ("Action: delayed\n", S, "delayed"),
+        ("Status: 4.2.2\n", S, "mailbox_full"),
+        # A temporary failure never makes an address dead, whatever its words.
+        (
+            "Action: delayed\nStatus: 4.1.1\nDiagnostic-Code: smtp; 450 4.1.1 user unknown\n",
+            S,
+            "delayed",
+        ),
+        # Without a code the words decide; none at all is a soft "unknown".
+        ("Diagnostic-Code: smtp; 550 Requested action not taken\n", S, "unknown"),
+        ("Diagnostic-Code: smtp; 550 No such user here\n", H, "user_unknown"),
+        ("Diagnostic-Code: smtp; 450 Requested action not taken\n", S, "delayed"),
+        ("Diagnostic-Code: x-unix; rejected by mx, 554 5.7 policy\n", B, "policy"),
+        ("Diagnostic-Code: x-unix; rejected by mx, 454 4.7 later\n", B, "policy"),
+        # Words that blame us win over an address code; a full mailbox too.
+        (
+            "Status: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 blocked using zen.spamhaus.org\n",
+            B,
+            "blocked",
+        ),
+        (
+            "Status: 5.1.1\nDiagnostic-Code: smtp; 552 mailbox is over quota (#5.1.1)\n",
+            S,
+            "mailbox_full",
+        ),
     ],
 )
-def test_pre14_dsn_kind(fields: str, kind: Kind) -> None:
+def test_a_dsn_recipient_is_judged_by_code_then_words(fields: str, kind: Kind, cause: str) -> None:
     verdict = one_dsn("Final-Recipient: rfc822; a@example.org\n" + fields)
-    assert verdict.kind == kind
+    assert (verdict.kind, verdict.cause.value) == (kind, cause)
     assert verdict.recipients == ("a@example.org",)
+    assert [(f.kind, f.addresses) for f in verdict.failures] == [(kind, ("a@example.org",))]
 
 
-def test_pre14_the_worst_recipient_of_a_report_decides() -> None:
+def test_every_recipient_of_a_report_is_judged_on_its_own() -> None:
     blocks = [
         "Final-Recipient: rfc822; late@example.org\nAction: delayed\nStatus: 4.4.1\n",
         "Final-Recipient: rfc822; gone@example.org\nAction: failed\nStatus: 5.1.1\n"
         "Diagnostic-Code: smtp; 550 5.1.1 gone\n",
         "Final-Recipient: rfc822; ok@example.org\nAction: delivered\nStatus: 2.0.0\n",
+        "Final-Recipient: rfc822; spam@example.org\nAction: failed\nStatus: 5.7.1\n"
+        "Diagnostic-Code: smtp; 554 5.7.1 message looks like spam\n",
+        "Final-Recipient: rfc822; full@example.org\nAction: failed\nStatus: 5.2.2\n",
     ]
     verdict = classify(report(dsn_part(PER_MESSAGE, *blocks)))
+    # The worst speaks for the message; every failed one is listed, worst first, the
+    # delivered one not at all.
     assert (verdict.kind, verdict.status, verdict.recipients) == (H, "5.1.1", ("gone@example.org",))
     assert verdict.diagnostic == "550 5.1.1 gone"
+    assert [(f.addresses[0], f.kind, f.cause.value) for f in verdict.failures] == [
+        ("gone@example.org", H, "user_unknown"),
+        ("late@example.org", S, "network_error"),  # 4.4.1: no answer from host
+        ("full@example.org", S, "mailbox_full"),
+        ("spam@example.org", B, "spam_detected"),
+    ]
+    assert verdict.detector == "dsn"
 
 
-def test_pre14_an_unreadable_report_falls_back_to_the_text() -> None:
+def test_an_unreadable_report_falls_back_to_the_text() -> None:
     text = part("text/plain", "<a@example.org>: host said: 550 5.1.1 no such user\n")
     assert (
         one_dsn("Final-Recipient: rfc822; a@example.org\nAction: unknown-action\n", text).kind == H
@@ -1381,41 +1429,54 @@ def test_pre14_an_unreadable_report_falls_back_to_the_text() -> None:
 
 
 @pytest.mark.parametrize(
-    ("subject", "body", "kind", "reason"),
+    ("subject", "body", "kind", "cause", "reason"),
     [
-        ("Undeliverable", "550 5.1.1 first line\n", H, "bounce text: 5.1.1"),
-        ("Undeliverable", "said: 550 rejected\n", H, "bounce text: 550"),
-        ("Undeliverable", "host mx: 554-5.7 blocked\n", H, "bounce text: 554"),
+        ("Undeliverable", "550 5.1.1 first line\n", H, "user_unknown", "bounce text: 5.1.1"),
+        ("Undeliverable", "said: 550 rejected\n", B, "policy", "bounce text: 550"),
+        ("Undeliverable", "host mx: 554-5.7 blocked\n", B, "blocked", "bounce text: 554"),
+        # A 4.x.x code with user-unknown words: never dead.
         (
             "Undeliverable",
             "It says 4.4.1 and:\nThe User Unknown here.\n",
-            H,
-            "bounce text: user unknown",
+            S,
+            "expired",
+            "bounce text: 4.4.1",
         ),
-        ("Undeliverable", "This is a permanent error.\n", H, "bounce text: permanent error"),
+        ("Undeliverable", "This is a permanent error.\n", S, "unknown", "bounce text: unknown"),
         (
             "Undeliverable",
             "Remote said: 452 4.2.2 Mailbox full\n",
             S,
-            "bounce text: temporary failure",
+            "mailbox_full",
+            "bounce text: 4.2.2",
         ),
-        ("Undeliverable", "Remote said: 452 too much mail\n", S, "bounce text: temporary failure"),
-        ("Undeliverable", "The mailbox is full.\n", S, "bounce text: temporary failure"),
+        ("Undeliverable", "Remote said: 452 too much mail\n", S, "delayed", "bounce text: 452"),
+        ("Undeliverable", "The mailbox is full.\n", S, "mailbox_full", "bounce text: mailbox_full"),
         (
             "Undeliverable",
             "Nothing to go by here.\n",
             Kind.UNKNOWN,
+            "unknown",
             "bounce notice without a reason",
         ),
-        ("Delayed Mail (still being retried)", "550 5.1.1 oddly\n", S, "delay notice"),
+        ("Delayed Mail (still being retried)", "550 5.1.1 oddly\n", S, "delayed", "delay notice"),
+        (
+            "Undeliverable",
+            "Remote said: 550 5.7.1 Service unavailable; client blocked using Spamhaus\n",
+            B,
+            "blocked",
+            "bounce text: 5.7.1",
+        ),
     ],
 )
-def test_pre14_bounce_text_kind(subject: str, body: str, kind: Kind, reason: str) -> None:
+def test_a_bounce_text_is_judged_by_code_then_words(
+    subject: str, body: str, kind: Kind, cause: str, reason: str
+) -> None:
     verdict = classify(text_bounce(body, subject=subject))
-    assert (verdict.kind, verdict.reason) == (kind, reason)
+    assert (verdict.kind, verdict.cause.value, verdict.reason) == (kind, cause, reason)
 
 
-def test_pre14_a_delay_notice_reports_its_temporary_code() -> None:
+def test_a_delay_notice_reports_its_temporary_code() -> None:
     body = "a\nsaid: 550 5.1.1 earlier\nnow: 451 4.4.1 still trying\n"
     verdict = classify(text_bounce(body, subject="Delivery Status Notification (Delay)"))
     assert (verdict.kind, verdict.status, verdict.diagnostic) == (
@@ -1428,13 +1489,49 @@ def test_pre14_a_delay_notice_reports_its_temporary_code() -> None:
     assert (verdict.kind, verdict.status, verdict.diagnostic) == (S, "", "said: 451 later")
 
 
+def test_each_recipient_of_a_bounce_text_is_judged_on_its_own_words() -> None:
+    """Postfix, qmail and Exim texts list recipients one after another, each with its
+    own reply; qmail says "I've given up" once, above them all."""
+    qmail = (
+        "Hi. This is the qmail-send program at example.com.\n"
+        "I'm afraid I wasn't able to deliver your message to the following addresses.\n"
+        "This is a permanent error; I've given up. Sorry it didn't work out.\n\n"
+        "<gone@example.org>:\nSorry, no mailbox here by that name. (#5.1.1)\n\n"
+        "<full@example.org>:\n192.0.2.1 said: 552 5.2.2 mailbox full\n\n"
+        "<nohost@example.net>:\nSorry, I couldn't find any host by that name.\n"
+    )
+    verdict = classify(text_bounce(qmail, subject="failure notice"))
+    assert sorted((f.addresses, f.kind, f.cause.value) for f in verdict.failures) == [
+        (("full@example.org",), S, "mailbox_full"),
+        (("gone@example.org",), H, "user_unknown"),
+        (("nohost@example.net",), H, "host_unknown"),
+    ]
+    exim = (
+        "A message that you sent could not be delivered to one or more of its\n"
+        "recipients. This is a permanent error. The following address(es) failed:\n\n"
+        "  anna@example.org\n"
+        "    SMTP error from remote mail server after RCPT TO:<anna@example.org>:\n"
+        "    host mx.example.org [192.0.2.1]: 550 5.7.1 Service unavailable; client\n"
+        "    [192.0.2.9] blocked using zen.spamhaus.org\n"
+        "  bert@example.org\n"
+        "    SMTP error from remote mail server after RCPT TO:<bert@example.org>:\n"
+        "    host mx.example.org [192.0.2.1]: 550 5.1.1 <bert@example.org>: User unknown\n"
+    )
+    verdict = classify(text_bounce(exim, subject="Mail delivery failed"))
+    assert [(f.addresses, f.kind, f.cause.value) for f in verdict.failures] == [
+        (("bert@example.org",), H, "user_unknown"),
+        (("anna@example.org",), B, "blocked"),
+    ]
+
+
 @pytest.mark.parametrize(
-    ("name", "kind"),
+    ("name", "kind", "cause"),
     [
-        ("flufl_bounce_sendmail_02.eml", H),
-        ("sisimai_email_exim_02.eml", H),
-        ("sisimai_email_exchange2007_02.eml", H),  # 5.2.3 too big: never suppresses after #14
+        ("flufl_bounce_sendmail_02.eml", H, "user_unknown"),
+        ("sisimai_email_exim_02.eml", H, "user_unknown"),
+        ("sisimai_email_exchange2007_02.eml", B, "too_big"),  # 5.2.3: never suppresses
     ],
 )
-def test_pre14_public_corpus_kind(name: str, kind: Kind) -> None:
-    assert public(name).kind == kind
+def test_public_corpus_kind(name: str, kind: Kind, cause: str) -> None:
+    verdict = public(name)
+    assert (verdict.kind, verdict.cause.value) == (kind, cause)

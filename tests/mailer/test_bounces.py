@@ -39,7 +39,7 @@ EXPECTED: dict[str, tuple[Kind, str, bool, bool, bool]] = {
     "postfix_delayed_mailbox_full.eml": (S, "4.2.2", True, True, True),
     "postfix_mangled_verp.eml": (H, "5.1.1", False, False, True),
     "exim_user_unknown.eml": (H, "5.1.1", True, True, True),
-    "exim_retry_timeout.eml": (H, "", True, True, True),
+    "exim_retry_timeout.eml": (S, "", True, True, True),  # expired: soft (DESIGN.md §4)
     "sendmail_returned.eml": (H, "5.1.1", True, True, True),
     "sendmail_warning_4_hours.eml": (S, "", True, True, True),
     "exchange_undeliverable.eml": (H, "5.1.10", True, True, True),
@@ -191,10 +191,10 @@ def dsn(*recipients: tuple[str, str, str], to: str = f"bounces+{BOUNCE_TOKEN}@r.
     ("action", "status", "kind"),
     [
         ("failed", "5.1.1", Kind.HARD_BOUNCE),
-        ("failed", "4.4.7", Kind.HARD_BOUNCE),  # failed, whatever its status
-        ("delayed", "5.2.2", Kind.HARD_BOUNCE),  # a 5.x.x status is hard
+        ("failed", "4.4.7", Kind.SOFT_BOUNCE),  # expired after retries: not the address
+        ("delayed", "5.2.2", Kind.SOFT_BOUNCE),  # mailbox full, whatever the action
         ("delayed", "4.2.2", Kind.SOFT_BOUNCE),
-        ("", "4.7.1", Kind.SOFT_BOUNCE),
+        ("", "4.7.1", Kind.SOFT_BOUNCE),  # a temporary 4.7.x that names no block
         ("delivered", "2.0.0", Kind.IGNORED),
         ("expanded", "2.0.0", Kind.IGNORED),
     ],
@@ -251,7 +251,8 @@ def test_a_forwarders_srs_sender_still_yields_the_token() -> None:
 
 def test_the_specific_reason_beats_the_boilerplate() -> None:
     verdict = classify(load("exim_retry_timeout.eml"))
-    assert verdict.reason == "bounce text: retry timeout exceeded"
+    assert (verdict.kind, verdict.cause.value) == (Kind.SOFT_BOUNCE, "expired")
+    assert verdict.reason == "bounce text: expired"
     assert verdict.diagnostic == "retry timeout exceeded"
 
 
@@ -297,13 +298,19 @@ def test_auto_reply_signals(header: str, kind: Kind) -> None:
 @pytest.mark.parametrize(
     ("subject", "body", "kind", "status"),
     [
-        ("Undeliverable: hi", "Remote said: 550 Requested action not taken", H, ""),
+        ("Undeliverable: hi", "Remote said: 550 Requested action not taken", S, ""),  # unknown
         ("Undeliverable: hi", "The mailbox does not exist.", H, ""),
         ("Undeliverable: hi", "Unknown user.", H, ""),
         ("Undeliverable: hi", "Remote said: 421 4.7.0 try later", S, "4.7.0"),
+        ("Undeliverable: hi", "Remote said: 421 4.7.0 rate limit exceeded", Kind.BLOCKED, "4.7.0"),
         ("Undeliverable: hi", "Your mailbox is 500 MB. Something went wrong.", Kind.UNKNOWN, ""),
         ("Delivery Status Notification (Delay)", "550 5.1.1 oddly", S, ""),
-        ("Returned mail: see transcript for details", "<<< 554 5.7.1 rejected", H, "5.7.1"),
+        (
+            "Returned mail: see transcript for details",
+            "<<< 554 5.7.1 rejected",
+            Kind.BLOCKED,
+            "5.7.1",
+        ),
     ],
 )
 def test_bounce_texts_without_a_dsn(subject: str, body: str, kind: Kind, status: str) -> None:

@@ -312,8 +312,15 @@ def build_fixed_data(engine: Engine) -> None:
                 campaign_id=sent_id,
             )
         )
-        # What came back later (campaigns inbox process): two bounces and a complaint.
-        for n, kind in enumerate(["hard_bounce", "soft_bounce", "complaint"]):
+        # What came back later (campaigns inbox process): two bounces, a block (a
+        # blocklisting: nobody suppressed) and a complaint.
+        returned = [
+            ("hard_bounce", "user_unknown", "address", ""),
+            ("soft_bounce", "mailbox_full", "mailbox", ""),
+            ("block", "blocked", "sender", "mail.example.net"),
+            ("complaint", "complaint", "complaint", ""),
+        ]
+        for n, (kind, reason, group, domain) in enumerate(returned):
             s.add(
                 ReturnEvent(
                     message_hash=f"{n:064x}",
@@ -321,6 +328,9 @@ def build_fixed_data(engine: Engine) -> None:
                     address_hash=f"{n + 10:064x}",
                     occurred_at=datetime(2026, 2, 12, 9, n, tzinfo=UTC),
                     campaign_id=sent_id,
+                    reason=reason,
+                    reason_group=group,
+                    domain=domain,
                 )
             )
     assert scheduled_id

@@ -159,6 +159,26 @@ class ReportScreen(BaseScreen):
                 ]
             )
         )
+        if c.blocks or c.held:
+            counts.append("\n")
+            counts.append_text(
+                _figures(
+                    [
+                        (c.blocks, "refused because of us (nobody suppressed)", "yellow"),
+                        (c.held, "held back", "magenta"),
+                    ]
+                )
+            )
+        if r.by_group:
+            groups = ", ".join(f"{g.replace('_', ' ')} {n:,}" for g, n in r.by_group.items())
+            counts.append(f"\nWhat came back, by reason: {groups}")
+        if r.blocked_domains:
+            top = ", ".join(f"{d} {n:,}" for d, n in r.blocked_domains[:5])
+            counts.append(f"\nDomains blocking us: {top}")
+            if c.held:
+                counts.append(
+                    "  (campaigns campaign release NAME sends the held ones)", style="dim"
+                )
         self.query_one("#report-counts", Static).update(counts)
         self.query_one("#report-failures", ReasonTable).show(r.failures)
         self.query_one("#report-skips", ReasonTable).show(r.skips)
