@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func
+from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from campaigns import returns
@@ -139,6 +139,17 @@ def get(session: Session, name: str) -> Campaign:
     if campaign is None:
         raise CampaignNotFound(name)
     return campaign
+
+
+def release_held(engine: Engine, name: str, domain: str = "") -> int:
+    """Let the deliveries held back because their receiving domain kept blocking us go
+    on (all, or one domain's): the next send sends them. How many were released."""
+    from campaigns import deliveries  # it imports this module
+
+    with Session(engine) as session:
+        campaign_id = get(session, name).id
+    assert campaign_id is not None
+    return deliveries.release_held(engine, campaign_id, domain.strip().lower())
 
 
 def all_campaigns(session: Session) -> list[Campaign]:

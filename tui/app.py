@@ -223,6 +223,17 @@ class CampaignsApp(Background, App[int]):
             what="pause the campaign",
         )
 
+    def release_held(self, name: str) -> None:
+        # No question: releasing only makes the held messages wait for the next send.
+        self.in_background(
+            lambda: self.services.release(name),
+            lambda n: self.notify(
+                f"{n:,} held messages of {name!r} will go with the next send (Send now)",
+                title="Released",
+            ),
+            what="release the held messages",
+        )
+
     def send(self, name: str) -> None:
         if name in self.sends:
             self._show_progress(name, None)

@@ -464,13 +464,9 @@ def _run_line(r: dict[str, Any]) -> str:
 
 
 def cmd_campaign_release(app: App, args: argparse.Namespace) -> int:
-    from campaigns import campaign, deliveries
+    from campaigns import campaign
 
-    with app.session() as s:
-        c = campaign.get(s, args.name)
-        campaign_id = c.id
-    assert campaign_id is not None
-    released = deliveries.release_held(app.engine, campaign_id, args.domain or "")
+    released = campaign.release_held(app.engine, args.name, args.domain or "")
     where = f" for {args.domain}" if args.domain else ""
     data = {"campaign": args.name, "released": released, "domain": args.domain or None}
     out(

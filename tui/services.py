@@ -365,6 +365,10 @@ class Services:
         with session_scope(self.engine) as s:
             return campaigns_store.pause(s, name)
 
+    def release(self, name: str) -> int:
+        """Send what was held back because its domain kept blocking us (issue 14)."""
+        return campaigns_store.release_held(self.engine, name)
+
     def send_question(self, name: str) -> SendQuestion:
         with session_scope(self.engine) as s:
             c = campaigns_store.get(s, name)

@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 from sqlmodel import select
 
+from campaigns import campaign as store
 from campaigns import segments, suppression
 from campaigns.models import Contact, Delivery, ReturnEvent, Suppression
 from campaigns.purposes import Kind, Purpose
@@ -79,9 +80,7 @@ def test_a_domain_that_keeps_blocking_is_held_back_and_nobody_is_suppressed(
 
     # The operator gets delisted, releases the held ones, and the send finishes.
     blocking["on"] = False
-    from campaigns import deliveries
-
-    assert deliveries.release_held(db.engine, campaign_id, "blocked.example") == 25
+    assert store.release_held(db.engine, "spring", "Blocked.Example") == 25
     again = send_now(conf, db.engine, "spring")
     assert again.finished and again.sent == 25
     received = handler.counts()

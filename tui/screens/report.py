@@ -43,6 +43,7 @@ class ReportScreen(BaseScreen):
         Binding("s", "campaign('send')", "Send"),
         Binding("w", "campaign('schedule')", "Schedule", show=False),
         Binding("x", "campaign('cancel_campaign')", "Cancel", show=False),
+        Binding("l", "campaign('release_held')", "Release held"),
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "app.pop_screen", "Back"),
     ]
@@ -186,6 +187,8 @@ class ReportScreen(BaseScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # Actions that do not apply to this campaign's status leave the footer.
         if action == "campaign" and parameters:
+            if parameters[0] == "release_held":  # only while something is held back
+                return self.report is not None and self.report.counts.held > 0
             status = self.report.status if self.report is not None else None
             return campaign_action_allowed(str(parameters[0]), status)
         return True
