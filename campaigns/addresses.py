@@ -18,6 +18,16 @@ _VALID = re.compile(
 )
 
 
+# Any address-like word in free text (an SMTP reply, a bounce's diagnostic).
+_IN_TEXT = re.compile(r"<?[^\s<>@\"']+@[^\s<>\"']+>?")
+
+
+def redact(text: str) -> str:
+    """Free text (a server's reply) on one line, without the addresses it quotes: the
+    words may be stored and shown in aggregate, the addresses are personal data."""
+    return _IN_TEXT.sub("<address>", " ".join(text.split()))
+
+
 def normalise(raw: str) -> str:
     """Trim, and lower-case the domain; the local part is kept as given."""
     text = raw.strip()

@@ -268,6 +268,8 @@ class Progress:
     # block, a full mailbox ...): failed, and counted as a return event of that reason.
     # (delivery id, address, error, campaigns.bounce_reasons.Reason value)
     refused: list[tuple[int, str, str, str]] = field(default_factory=list)
+    # The reason (campaigns.bounce_reasons.Reason value) of each bounced delivery.
+    reasons: dict[int, str] = field(default_factory=dict)
     # Never reached the server through no fault of its own (the server took no more
     # connections): pending again at once, no attempt counted.
     requeue: list[tuple[int, str]] = field(default_factory=list)
@@ -298,6 +300,7 @@ class Progress:
         self.in_doubt += other.in_doubt
         self.bounced += other.bounced
         self.refused += other.refused
+        self.reasons.update(other.reasons)
         self.requeue += other.requeue
         self.hold_domains += other.hold_domains
         self.held += other.held
@@ -351,7 +354,7 @@ def commit_progress(
                 [{"b_id": i, "b_error": e[:1000]} for i, _addr, e in progress.bounced],
             )
             with Session(bind=conn) as session:
-                for delivery_id, address, _e in progress.bounced:
+                for delivery_id, address, error in progress.bounced:
                     suppression.suppress(
                         session,
                         address,
@@ -359,6 +362,12 @@ def commit_progress(
                         source="bounce",
                         campaign_id=campaign_id,
                         delivery_id=delivery_id,
+                    )
+                    reason = progress.reasons.get(delivery_id, Reason.USER_UNKNOWN.value)
+                    session.add(
+                        refusal_event(
+                            session, campaign_id, delivery_id, address, reason, now, error
+                        )
                     )
                 session.flush()
         if progress.refused:
@@ -369,9 +378,11 @@ def commit_progress(
                 [{"b_id": i, "b_error": e[:1000]} for i, _addr, e, _r in progress.refused],
             )
             with Session(bind=conn) as session:
-                for delivery_id, address, _e, reason in progress.refused:
+                for delivery_id, address, error, reason in progress.refused:
                     session.add(
-                        refusal_event(session, campaign_id, delivery_id, address, reason, now)
+                        refusal_event(
+                            session, campaign_id, delivery_id, address, reason, now, error
+                        )
                     )
                 session.flush()
         if progress.requeue:
@@ -418,12 +429,18 @@ _BY_ID = D.c.id == bindparam("b_id")
 
 
 def refusal_event(
-    session: Session, campaign_id: int, delivery_id: int, address: str, reason: str, now: datetime
+    session: Session,
+    campaign_id: int,
+    delivery_id: int,
+    address: str,
+    reason: str,
+    now: datetime,
+    error: str = "",
 ) -> ReturnEvent:
-    """A send-time refusal counted like a bounce of the same reason: a block by its
-    receiving domain, a full mailbox toward the soft-bounce limit."""
+    """A send-time refusal counted like a bounce of the same reason: a dead address as a
+    hard bounce, a block by its receiving domain, a full mailbox toward the soft limit."""
     group = GROUP[Reason(reason)] if reason in set(Reason) else Group.UNKNOWN
-    kind = "block" if group is Group.SENDER else "soft_bounce"
+    kind = {Group.ADDRESS: "hard_bounce", Group.SENDER: "block"}.get(group, "soft_bounce")
     return ReturnEvent(
         # One per delivery: a refusal is final, so it can only happen once.
         message_hash=hashlib.sha256(f"smtp-refusal:{delivery_id}".encode()).hexdigest(),
@@ -436,6 +453,7 @@ def refusal_event(
         reason=reason,
         reason_group=group.value,
         domain=address.rpartition("@")[2].lower()[:255] if kind == "block" else "",
+        diagnostic=addresses.redact(error)[:300],
         detector="smtp",
     )
 

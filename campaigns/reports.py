@@ -8,7 +8,6 @@ reason into a line per person.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,14 +15,12 @@ from datetime import datetime
 from sqlalchemy import and_, case, func
 from sqlmodel import Session, col, select
 
-from campaigns import returns
+from campaigns import addresses, returns
 from campaigns.campaign import DRAFT, SCHEDULED, Counts, all_campaigns, counts, get
 from campaigns.deliveries import FAILED, SKIPPED, audience_segment
 from campaigns.models import Contact, Delivery
 from campaigns.purposes import ConsentState, Kind, Purpose
 from campaigns.segments import count as segment_count
-
-_ADDRESS = re.compile(r"<?[^\s<>@\"']+@[^\s<>\"']+>?")
 
 
 @dataclass(frozen=True)
@@ -129,8 +126,7 @@ def campaign_rows(session: Session) -> list[CampaignRow]:
 
 def anonymous_reason(text: str) -> str:
     """A delivery error without the addresses it quotes."""
-    text = " ".join(text.split())
-    return _ADDRESS.sub("<address>", text) or "(no reason recorded)"
+    return addresses.redact(text) or "(no reason recorded)"
 
 
 def reasons(session: Session, campaign_id: int, status: str) -> list[tuple[str, int]]:

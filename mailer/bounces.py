@@ -32,7 +32,7 @@ from typing import Any
 
 from campaigns.bounce_reasons import GROUP, Group, Reason
 from mailer.bounce_detectors import detect
-from mailer.reasons import reason_for, text_reason
+from mailer.reasons import at_data, reason_for, text_reason
 
 MAX_BYTES = 1_000_000  # of the raw message; reports and originals' headers come first
 MAX_TEXT = 200_000  # of each decoded body part
@@ -127,7 +127,7 @@ _REPLY = re.compile(
 )
 
 _BOUNCE_FROM = re.compile(
-    r"mailer-daemon|postmaster|mail delivery (?:system|subsystem)|mail administrator|"
+    r"mailer-daemon|post_?master|mail delivery (?:system|subsystem)|mail administrator|"
     r"microsoftexchange",
     _FLAGS,
 )
@@ -185,7 +185,7 @@ _RECIPIENT_PHRASES = re.compile(
 )
 # "<a@b>:" (Postfix, qmail), "<a@b>..." (Sendmail), "a@b: 550 ..." (OpenSMTPD).
 _RECIPIENT_LINE = re.compile(
-    r"^[ \t]*(?:<([^<>\s]{3,254})>[ \t]*(?::|\.\.\.|\(expanded)|"
+    r"^[ \t]*(?:[245]\d\d[ -])?(?:<([^<>\s]{3,254})>[ \t]*(?::|\.\.\.|\(expanded)|"
     r"([^<>\s:@]{1,64}@[^<>\s:@]{1,190}):[ \t]+[245]\d\d\b)",
     re.M,
 )
@@ -344,6 +344,20 @@ def _field_blocks(part: Message) -> list[dict[str, str]]:
     return out
 
 
+_DSN_FIELDS = re.compile(r"^final-recipient:[ \t]*rfc822;", _FLAGS | re.MULTILINE)
+
+
+def _dsn_from_text(text: str) -> list[dict[str, str]]:
+    out = []
+    for block in _parse_blocks(text)[:MAX_PARTS]:
+        fields: dict[str, str] = {}
+        for name, value in block[:MAX_HEADERS]:
+            fields.setdefault(name, value)
+        if "final-recipient" in fields and ({"action", "status"} & fields.keys()):
+            out.append(fields)
+    return out
+
+
 def _clean_text(text: str) -> str:
     try:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
@@ -386,6 +400,10 @@ def _walk(root: Message) -> Iterator[tuple[Message, bool]]:
             stack += [(child, depth + 1, nested) for child in reversed(children)]
 
 
+def _unsplit(part: Message, ctype: str, inside: bool) -> bool:
+    return not inside and ctype.startswith("multipart/") and isinstance(part.get_payload(), str)
+
+
 def _scan(msg: Message) -> _Scan:
     scan = _Scan(headers=_headers(msg))
     for part, inside in _walk(msg):
@@ -409,8 +427,10 @@ def _scan(msg: Message) -> _Scan:
         elif ctype == "text/rfc822-headers":
             parser = email.parser.BytesHeaderParser(policy=email.policy.compat32)
             scan.originals.append(_headers(parser.parsebytes(_body(part))))
-        elif ctype.startswith("text/") and not inside:
-            text = _text(part)
+        elif (ctype.startswith("text/") and not inside) or _unsplit(part, ctype, inside):
+            # (An unsplit multipart: its boundary is missing or never found in the body,
+            # as a relay rewrote one of them; the parts are lost, their words are not.)
+            text = _text(part) if ctype.startswith("text/") else _clean_text(part.get_payload())
             if ctype == "text/html":
                 # Tags become spaces so that no two words are ever joined into an address.
                 text = re.sub(r"<[^<>]{0,2000}>", " ", text)
@@ -527,6 +547,10 @@ def _classify(raw: bytes) -> Verdict:
     def verdict(kind: Kind, recipients: Iterable[str] = (), **kw: Any) -> Verdict:
         return Verdict(kind, bounce_tokens, unsubscribe_tokens, _unique(recipients), **kw)
 
+    if not scan.dsn and _DSN_FIELDS.search("\n".join(scan.texts)):
+        # A report whose MIME structure broke (a boundary indented, say): its fields
+        # are still there in the text, recipient by recipient.
+        scan.dsn = _dsn_from_text("\n".join(scan.texts))
     if scan.dsn:
         found = _from_dsn(scan)
         if found is not None:
@@ -611,8 +635,15 @@ def _from_dsn(scan: _Scan) -> tuple[list[Failure], str, str] | None:
             kind, cause = Kind.IGNORED, Reason.UNKNOWN
         elif action in ("failed", "delayed") or status[:1] in ("4", "5") or reply:
             cause = reason_for(status, text, reply, action)
+            if GROUP[cause] is Group.ADDRESS and len(scan.dsn) <= 2:
+                # The notice may say at which stage (Postfix: "in reply to end of DATA").
+                notice = "\n".join(scan.texts)
+                cause = reason_for(
+                    status, text + "\n" + notice if at_data(notice) else text, reply, action
+                )
             generic = not status or status.endswith(".0.0")
-            if cause in (Reason.UNKNOWN, Reason.DELAYED) and generic and len(scan.dsn) <= 2:
+            vague = cause is Reason.UNKNOWN or (cause is Reason.DELAYED and generic)
+            if vague and len(scan.dsn) <= 2:
                 # "Status: 5.0.0" and no diagnostic: the notice's own words may say it
                 # ("the address couldn't be found"); only for a report about one
                 # recipient (a per-message block and one recipient block at most).
@@ -902,9 +933,25 @@ def _from_text(scan: _Scan, subject: str, verdict: _Make, msg: Message, raw: byt
             kind_of(Reason.UNKNOWN), Reason.UNKNOWN, "", "", "bounce notice without a reason"
         )
     if not failures and whole is not None:
-        failures = [
-            Failure(whole.kind, whole.cause, _unique(recipients), whole.status, whole.diagnostic)
-        ]
+        named = _unique(recipients)
+        if len(named) > 1 and whole.kind is Kind.HARD_BOUNCE:
+            # One reason read from words about several recipients: who it is about is
+            # not known, so nobody is suppressed for it; each counts as unknown (soft).
+            unknown = Reason.UNKNOWN
+            failures = [
+                Failure(kind_of(unknown), unknown, (a,), whole.status, whole.diagnostic)
+                for a in named
+            ]
+        else:
+            failures = [Failure(whole.kind, whole.cause, named, whole.status, whole.diagnostic)]
+    # A notice in two languages lists each recipient twice: the first reading counts.
+    seen: set[str] = set()
+    failures = [
+        f
+        for f in failures
+        if not (f.addresses and f.addresses[0].lower() in seen)
+        and not seen.add(f.addresses[0].lower() if f.addresses else "")
+    ]
     failures.sort(key=lambda f: -_SEVERITY[f.kind])
     worst = failures[0]
     if whole is None or _recipient_blocks(text):

@@ -574,6 +574,7 @@ class SendEngine:
                 # Only a refused recipient says the address is dead (DESIGN.md §4): a
                 # 5xx at DATA refused the message, whatever its words.
                 out.bounced.append((item.delivery_id, item.email, error))
+                out.reasons[item.delivery_id] = cause.value
             else:
                 out.refused.append((item.delivery_id, item.email, error, cause.value))
                 if is_block(cause):

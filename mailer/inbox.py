@@ -12,13 +12,13 @@ be understood, or names nobody we mailed, is kept, flagged and reported.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 
+from campaigns import addresses
 from campaigns.config import Settings
 from campaigns.db import session_scope
 from campaigns.reports import anonymous_reason
@@ -41,8 +41,6 @@ WORDS = {
     Effect.COMPLAINT: "complaint",
     Effect.MAILTO: "mailto unsubscribe",
 }
-# An address in a server's words is personal data: it is never stored (issue 14).
-_ADDRESS = re.compile(r"[^\s<>\"'(),;:\[\]]+@[^\s<>\"'(),;:\[\]]+")
 
 
 class InboxNotConfigured(Exception):
@@ -92,11 +90,6 @@ def _verified(
     return None, None
 
 
-def redact(diagnostic: str) -> str:
-    """A server's words without the addresses in them."""
-    return _ADDRESS.sub("<address>", diagnostic)[:300]
-
-
 def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, list[Returned]]:
     """Classify a message; for one with an effect, what `campaigns.returns` needs: one
     item per recipient of a bounce, each judged on its own."""
@@ -137,7 +130,7 @@ def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, list[Returned]
                 addresses=failure.addresses or (verdict.recipients if first else ()),
                 status=failure.status,
                 reason=failure.cause.value,
-                diagnostic=redact(failure.diagnostic),
+                diagnostic=addresses.redact(failure.diagnostic)[:300],
                 detector=verdict.detector,
             )
         )

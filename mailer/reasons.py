@@ -96,7 +96,8 @@ _TEXTS: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
             Reason.RELAYING_DENIED,
             r"relay(?:ing)? (?:access )?(?:denied|not (?:permitted|allowed)|prohibited)|"
             r"not permitted to relay|unable to relay|(?:we|i) do not relay|not a gateway|"
-            r"relaying (?:is )?(?:denied|disallowed|not)|isn'?t in my list of allowed rcpthosts",
+            r"relaying (?:is )?(?:denied|disallowed|not)|isn'?t in my list of allowed rcpthosts|"
+            r"\bno relaying",
         ),
         (
             Reason.RATE_LIMITED,
@@ -134,12 +135,14 @@ _TEXTS: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
         (
             Reason.HOST_UNKNOWN,
             r"host (?:unknown|not found)|unknown host|find any host|no host by that name|"
+            r"host \S+ not found|"
             r"(?:domain|host) (?:name )?"
             r"(?:not found|does not exist|doesn't exist|unknown|is not valid|lookup failed)|"
             r"no such domain|non-?existent (?:domain|host)|unrouteable (?:mail )?domain|"
             r"no (?:valid )?mx|null mx|does not accept (?:any )?mail|name service error|"
             r"domain .{0,60}(?:isn't|is not|not) (?:valid|in use|exist)|"
-            r"unknown domain|invalid domain|bad destination system|dns.{0,20}nxdomain",
+            r"unknown domain|invalid domain|bad destination system|dns.{0,20}nxdomain|"
+            r"indicated no smtp service",
         ),
         (
             Reason.USER_UNKNOWN,
@@ -151,14 +154,16 @@ _TEXTS: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
             r"invalid (?:recipient|mailbox|address|user|e-?mail)|address (?:invalid|unknown)|"
             r"(?:mailbox|user|recipient) (?:is )?(?:unavailable|invalid)|mailbox unavai|"
             r"unrouteable address|no mailbox|bad (?:destination )?(?:mailbox|address|recipient)|"
-            r"\baddress rejected|address not found|"
-            r"recipient (?:address )?rejected(?!: ?(?:gr[ae]y|sender|client|helo|polic|relay))|"
+            r"(?<!recipient )(?<!sender )\baddress rejected(?!:)|address not found|"
+            # Postfix's "Recipient address rejected: <why>": only when no why follows.
+            r"recipient (?:address )?rejected(?:\.|$| ?\(in reply)|"
             r"does(?: not|n't) have an? \S+ account|"
             r"couldn't be found|could not be found|no one at this address|"
             r"is not (?:a )?(?:local|valid)|not (?:our|a) customer|"
             r"address is no longer valid|this address no longer accepts mail|"
             r"unknown or illegal alias|utilisateur inconnu|usuario (?:desconocido|no existe)|"
             r"not listed in (?:the )?(?:domino directory|public name & address book)|"
+            r"domino ディレクトリには見つかりません|"
             r"unbekannt|sconosciuto|unzustellbar|no existe",
         ),
         (
@@ -191,6 +196,11 @@ _TEXTS: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
         ),
     )
 )
+_AT_DATA = re.compile(
+    r"in reply to end of data|after end of data|in reply to data command|after data command",
+    _F,
+)
+_DOES_NOT_ACCEPT_MAIL = ("521", "556")
 _NULL_MX = re.compile(r"null mx|rfc ?7505", _F)
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)", re.ASCII)
 _REPLY = re.compile(r"(?<![\w.])([245])\d\d(?=[ -]|$)", re.ASCII)
@@ -218,6 +228,12 @@ def enhanced_code(text: str) -> str:
     return ".".join(m.groups()) if m else ""
 
 
+def at_data(text: str) -> bool:
+    """Whether the words say the refusal came after the message was sent (at the end of
+    DATA): then it was the message that was refused, whatever the words say."""
+    return _AT_DATA.search(text) is not None
+
+
 def reason_for(status: str = "", text: str = "", reply: str = "", action: str = "") -> Reason:
     """Why delivery failed, from a status code ("5.1.1"), a diagnostic or reply text,
     the basic reply code ("550") and a DSN action ("failed", "delayed")."""
@@ -231,6 +247,11 @@ def reason_for(status: str = "", text: str = "", reply: str = "", action: str = 
     code = (int(m.group(2)), int(m.group(3))) if m else None
     said = text_reason(text) if text else None
 
+    # RFC 7504: this host or domain takes no mail at all ("521 5.3.2 System not accepting
+    # network messages"), unless the words name a block of us.
+    weak = said is None or said is Reason.POLICY or GROUP[said] is not Group.SENDER
+    if reply in _DOES_NOT_ACCEPT_MAIL and not temporary and weak:
+        return Reason.HOST_UNKNOWN
     if code is not None and code in _DECISIVE:
         reason = _DECISIVE[code]
         # A text that puts the blame on us, or on a full mailbox, overrides an address
@@ -254,6 +275,10 @@ def reason_for(status: str = "", text: str = "", reply: str = "", action: str = 
     else:
         reason = Reason.UNKNOWN
 
+    if GROUP[reason] is Group.ADDRESS and text and at_data(text):
+        # "550 Unknown user ... (in reply to end of DATA command)": the address was
+        # accepted at RCPT; what was refused is the message (DESIGN.md §4).
+        return Reason.UNKNOWN
     if temporary and said is Reason.HOST_UNKNOWN and _NULL_MX.search(text):
         return Reason.HOST_UNKNOWN  # a null MX (RFC 7505) is final, whatever the code
     if temporary:

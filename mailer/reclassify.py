@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from campaigns.addresses import redact
 from campaigns.bounce_reasons import GROUP, Group, Reason
 from campaigns.db import session_scope
 from campaigns.returns import BounceEvidence, hard_bounce_evidence
 from campaigns.suppression import lift_bounce
-from mailer.inbox import redact
 from mailer.reasons import reason_for
 
 SOURCE = "inbox reclassify"

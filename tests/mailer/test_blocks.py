@@ -112,11 +112,15 @@ def test_blocks_below_the_share_of_a_domains_tries_hold_nothing_back(
 @pytest.mark.parametrize(
     ("reply", "suppressed", "event"),
     [
-        ("550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown", "hard_bounce", None),
+        (
+            "550 5.1.1 <{rcpt}>: Recipient address rejected: User unknown",
+            "hard_bounce",
+            "hard_bounce",
+        ),
         ("550 5.7.26 Unauthenticated email is not accepted due to DMARC policy", None, "block"),
         ("554 5.7.1 Message rejected as spam by Content Filtering", None, "block"),
         ("552 5.2.2 <{rcpt}>: Mailbox full", None, "soft_bounce"),
-        ("550 5.4.1 Recipient address rejected: Access denied", "hard_bounce", None),
+        ("550 5.4.1 Recipient address rejected: Access denied", "hard_bounce", "hard_bounce"),
     ],
 )
 def test_a_refused_recipient_is_judged_by_the_reason_of_the_reply(
@@ -131,6 +135,7 @@ def test_a_refused_recipient_is_judged_by_the_reason_of_the_reply(
     with db.session() as s:
         assert suppression.suppression_of(s, person) == suppressed
         kinds = [e.kind for e in s.exec(select(ReturnEvent))]
+    # Counted like a bounce of the same reason (campaign show: hard_bounces, blocks ...).
     assert kinds == ([event] if event else [])
 
 

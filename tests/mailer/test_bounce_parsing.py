@@ -1535,3 +1535,94 @@ def test_each_recipient_of_a_bounce_text_is_judged_on_its_own_words() -> None:
 def test_public_corpus_kind(name: str, kind: Kind, cause: str) -> None:
     verdict = public(name)
     assert (verdict.kind, verdict.cause.value) == (kind, cause)
+
+
+def test_a_report_whose_boundary_is_never_found_is_still_read() -> None:
+    """A relay rewrote the boundary in the header but not in the body (seen in Sisimai's
+    set): the parts are lost to the MIME parser, their fields and words are not."""
+    raw = report(
+        part("text/plain", "<gone@example.org>: host mx said: 550 5.1.1 unknown user\n"),
+        dsn_part(
+            PER_MESSAGE,
+            "Final-Recipient: rfc822; gone@example.org\nAction: failed\nStatus: 5.1.1\n",
+        ),
+        b="written-boundary",
+    ).replace(b'boundary="written-boundary"', b'boundary="header-boundary"')
+    verdict = classify(raw)
+    assert [(f.addresses, f.kind, f.cause.value) for f in verdict.failures] == [
+        (("gone@example.org",), H, "user_unknown")
+    ]
+
+
+def test_a_refusal_after_the_message_was_sent_says_nothing_about_the_address() -> None:
+    # NTT docomo answers "Unknown user" at the end of DATA to mail it filters.
+    text = part(
+        "text/plain",
+        "<a@example.org>: host mx said: 550 Unknown user a@example.org (in reply to end of "
+        "DATA command)\n",
+    )
+    verdict = one_dsn(
+        "Final-Recipient: rfc822; a@example.org\nAction: failed\nStatus: 5.0.0\n"
+        "Diagnostic-Code: smtp; 550 Unknown user a@example.org\n",
+        text,
+    )
+    assert (verdict.kind, verdict.cause.value) == (S, "unknown")
+
+
+@pytest.mark.parametrize(
+    ("body", "cause"),
+    [
+        # RFC 7504: the host or domain takes no mail at all.
+        ("said: 521 5.3.2 System not accepting network messages\n", "host_unknown"),
+        # Exim's words for a null MX (RFC 7505).
+        ("  a@example.org\n    an MX or SRV record indicated no SMTP service\n", "host_unknown"),
+        # Postfix's "Recipient address rejected: <why>": the why decides.
+        ("said: 550 5.6.0 <a@example.org>: Recipient address rejected: Media error\n", "policy"),
+        (
+            "said: 554 5.3.0 <a@example.org>: Recipient address rejected: Internal system error\n",
+            "system_error",
+        ),
+        (
+            "said: 550 5.7.0 <a@example.org>: Recipient address rejected: No relaying\n",
+            "relaying_denied",
+        ),
+    ],
+)
+def test_words_that_decide_a_reason(body: str, cause: str) -> None:
+    verdict = classify(text_bounce("<a@example.org>:\n" + body if "<a@" not in body else body))
+    assert verdict.cause.value == cause
+
+
+def test_one_reason_read_for_several_recipients_suppresses_none() -> None:
+    """Words about several recipients at once: who the "user unknown" is about cannot be
+    told, so each is a soft bounce of unknown cause."""
+    body = (
+        "The following addresses had permanent fatal errors:\n"
+        "anna@example.org, bert@example.org\n"
+        "X-Failed-Recipients list follows\n550 5.1.1 user unknown\n"
+    )
+    verdict = classify(
+        text_bounce(body, headers="X-Failed-Recipients: anna@example.org, bert@example.org\n")
+    )
+    assert sorted((f.addresses, f.kind, f.cause.value) for f in verdict.failures) == [
+        (("anna@example.org",), S, "unknown"),
+        (("bert@example.org",), S, "unknown"),
+    ]
+
+
+def test_a_notice_in_two_languages_counts_each_recipient_once() -> None:
+    block = (
+        "  anna@example.org\n    host mx: 550 5.2.2 <anna@example.org>... Mailbox Full\n"
+        "  bert@example.org\n    host mx: 550 5.1.1 <bert@example.org>... User Unknown\n"
+    )
+    body = (
+        "Das Schreiben konnte nicht zugestellt werden:\n"
+        + block
+        + "\n***\n"
+        + ("The following address(es) failed:\n" + block)
+    )
+    verdict = classify(text_bounce(body))
+    assert sorted((f.addresses, f.kind, f.cause.value) for f in verdict.failures) == [
+        (("anna@example.org",), S, "mailbox_full"),
+        (("bert@example.org",), H, "user_unknown"),
+    ]
