@@ -17,6 +17,8 @@ sender/content blocks and single temporary failures would lead to a suppression.
 from __future__ import annotations
 
 import argparse
+import email
+import email.policy
 import ast
 import json
 import sys
@@ -73,9 +75,19 @@ def sisimai(root: Path, show_misses: bool) -> None:
             path = root / "eml" / item["file"]
             if not recipients or not path.exists():
                 continue
-            verdict = classify(path.read_bytes())
+            raw = path.read_bytes()
+            verdict = classify(raw)
             hard = _suppressed(verdict)
             reasons = [r["reason"] for r in recipients]
+            tally["messages"] += 1
+            # Nobody not named: every address acted on is literally in the message.
+            named = {a.lower() for f in verdict.failures for a in f.addresses}
+            tally["addresses acted on"] += len(named)
+            readable = _decoded(raw)
+            tally["addresses not in the message"] += sum(a not in readable for a in named)
+            if all(r in ("delivered", "vacation", "feedback") for r in reasons):
+                tally["not a bounce"] += 1
+                tally["not a bounce suppressed"] += hard > 0
             dead = sum(r in DEAD for r in reasons)
             for name, group in (("dead", DEAD), ("sender", SENDER), ("temporary", TEMPORARY)):
                 n = sum(r in group for r in reasons)
@@ -95,14 +107,30 @@ def sisimai(root: Path, show_misses: bool) -> None:
                         misses.append(
                             f"suppressed {name} {item['file']}: {reasons} -> {_says(verdict)}"
                         )
-    print("Sisimai set-of-emails")
+    print(f"Sisimai set-of-emails: {tally['messages']} labelled messages")
     for name in ("dead", "sender", "temporary"):
         n, s = tally[f"{name} recipients"], tally[f"{name} suppressed"]
         rate = s / n if n else 0.0
         label = "recall" if name == "dead" else "suppressed"
         print(f"  {name:9} recipients {n:4}  suppressed {s:4}  {label} {rate:6.1%}")
+    print(
+        f"  addresses acted on {tally['addresses acted on']}, not in the message "
+        f"{tally['addresses not in the message']}; delivered/vacation/feedback reports "
+        f"{tally['not a bounce']}, suppressing {tally['not a bounce suppressed']}"
+    )
     if show_misses:
         print("\n".join("  " + m for m in misses))
+
+
+def _decoded(raw: bytes) -> str:
+    """The message's headers and every part decoded (base64, quoted-printable), lower case."""
+    msg = email.message_from_bytes(raw, policy=email.policy.compat32)
+    out = [raw.decode("utf-8", "replace")]
+    for part in msg.walk():
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes):
+            out.append(payload.decode("utf-8", "replace"))
+    return "\n".join(out).lower()
 
 
 def _says(verdict: Verdict) -> str:
