@@ -17,9 +17,9 @@ sender/content blocks and single temporary failures would lead to a suppression.
 from __future__ import annotations
 
 import argparse
+import ast
 import email
 import email.policy
-import ast
 import json
 import sys
 from collections import Counter
