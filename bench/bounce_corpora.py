@@ -58,8 +58,8 @@ TEMPORARY = {"mailboxfull", "expired", "systemerror", "systemfull", "networkerro
 
 def _suppressed(verdict: Verdict) -> int:
     """How many recipients this bounce would suppress at once."""
-    if verdict.failures:
-        return sum(f.kind is Kind.HARD_BOUNCE for f in verdict.failures)
+    if getattr(verdict, "failures", ()):
+        return sum(f.kind is Kind.HARD_BOUNCE for f in getattr(verdict, "failures", ()))
     return int(verdict.kind is Kind.HARD_BOUNCE)
 
 
@@ -81,7 +81,7 @@ def sisimai(root: Path, show_misses: bool) -> None:
             reasons = [r["reason"] for r in recipients]
             tally["messages"] += 1
             # Nobody not named: every address acted on is literally in the message.
-            named = {a.lower() for f in verdict.failures for a in f.addresses}
+            named = {a.lower() for f in getattr(verdict, "failures", ()) for a in f.addresses}
             tally["addresses acted on"] += len(named)
             readable = _decoded(raw)
             tally["addresses not in the message"] += sum(a not in readable for a in named)
@@ -134,8 +134,10 @@ def _decoded(raw: bytes) -> str:
 
 
 def _says(verdict: Verdict) -> str:
-    if verdict.failures:
-        return ", ".join(f"{f.kind.value}/{f.cause.value}/{f.status}" for f in verdict.failures)
+    if getattr(verdict, "failures", ()):
+        return ", ".join(
+            f"{f.kind.value}/{f.cause.value}/{f.status}" for f in getattr(verdict, "failures", ())
+        )
     return f"{verdict.kind.value} ({verdict.reason})"
 
 
@@ -157,10 +159,11 @@ def flufl(root: Path, show_misses: bool) -> None:
             continue
         verdict = classify(path.read_bytes())
         want = {e.decode().lower() for e in expected}
-        named = {a.lower() for f in verdict.failures for a in f.addresses} or {
+        named = {a.lower() for f in getattr(verdict, "failures", ()) for a in f.addresses} or {
             a.lower() for a in verdict.recipients
         }
-        acted = verdict.kind in (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, Kind.BLOCKED)
+        # (getattr: the script also scores versions before Kind.BLOCKED existed)
+        acted = verdict.kind in (Kind.HARD_BOUNCE, Kind.SOFT_BOUNCE, getattr(Kind, "BLOCKED", None))
         tally["messages"] += 1
         tally["expected addresses"] += len(want)
         tally["addresses found"] += len(want & named) if acted else 0

@@ -7,11 +7,17 @@ environment, and the environment wins.
 
 from __future__ import annotations
 
+import email.utils
 import math
 import os
+import re
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from campaigns import addresses
 
 ENV_PREFIX = "CAMPAIGNS_"
 
@@ -139,6 +145,7 @@ def load_settings(
 
     known = {f.name for f in fields(Settings)} - {"config_file"}
     values: dict[str, object] = {}
+    origin: dict[str, str] = {}  # where each value came from, for the error line
     if path is not None:
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -148,8 +155,71 @@ def load_settings(
             if key not in known:
                 raise ConfigError(f"unknown configuration key {key!r} in {path}")
             values[key] = _convert(key, value)
+            origin[key] = f"{key} in {path}"
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in _OTHER_VARIABLES:
+            key = name[len(ENV_PREFIX) :].lower()
+            if key not in known and not name.startswith(_TEST_PREFIX):
+                raise ConfigError(f"unknown environment variable {name} (see the README)")
     for key in known:
         env_value = env.get(ENV_PREFIX + key.upper())
         if env_value is not None and env_value != "":
             values[key] = _convert(key, env_value)
-    return Settings(**values, config_file=path)  # type: ignore[arg-type]
+            origin[key] = ENV_PREFIX + key.upper()
+    settings = Settings(**values, config_file=path)  # type: ignore[arg-type]
+    for key, problem in _problems(settings):
+        where = origin.get(key, f"{key} (default)")
+        raise ConfigError(f"{where}: {problem}")
+    return settings
+
+
+# CAMPAIGNS_* variables that are no setting: the file to read, and tracebacks.
+_OTHER_VARIABLES = frozenset({"CAMPAIGNS_CONFIG", "CAMPAIGNS_DEBUG"})
+# Reserved for the test suite (CAMPAIGNS_TEST_POSTGRES_URL ...).
+_TEST_PREFIX = "CAMPAIGNS_TEST_"
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+",
+    re.IGNORECASE,
+)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Settings that end up in message headers, URLs or pages: one line of text each.
+_ONE_LINE = (
+    "public_url",
+    "return_domain",
+    "sender",
+    "reply_to",
+    "postal_address",
+    "policy_version",
+    "policy_url",
+    "operator",
+    "brand_name",
+    "dkim_selector",
+    "dkim_domain",
+)
+
+
+def _problems(s: Settings) -> Iterator[tuple[str, str]]:
+    """What is wrong with the settings, as (key, one line); nothing if all is well."""
+    for key in _ONE_LINE:
+        if _CONTROL.search(str(getattr(s, key))):
+            yield key, "must be one line of text (it holds a line break or control character)"
+    for key in ("return_domain", "dkim_domain"):
+        value = str(getattr(s, key))
+        if value and not _HOSTNAME.fullmatch(value):
+            yield key, f"is not a domain name: {value!r}"
+    for key, required in (("sender", True), ("reply_to", False)):
+        value = str(getattr(s, key))
+        if not value and not required:
+            continue
+        _name, address = email.utils.parseaddr(value)
+        if not address or not addresses.is_valid(address) or value.count("@") != 1:
+            yield key, f"is not one email address (like 'Shop <news@shop.example>'): {value!r}"
+    for key, required in (("public_url", True), ("policy_url", False)):
+        value = str(getattr(s, key))
+        if not value and not required:
+            continue
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or " " in value:
+            yield key, f"is not an http:// or https:// address: {value!r}"
+    if s.data_dir.exists() and not s.data_dir.is_dir():
+        yield "data_dir", f"is not a directory: {s.data_dir}"

@@ -100,22 +100,22 @@ def test_the_file_in_the_working_directory_is_read_with_its_types(cwd: Path) -> 
 
 def test_which_file_is_read(cwd: Path, tmp_path: Path) -> None:
     """--config, else CAMPAIGNS_CONFIG, else ./campaigns.toml."""
-    (cwd / "campaigns.toml").write_text('sender = "From the working directory"\n')
+    (cwd / "campaigns.toml").write_text('sender = "From the working directory <a@example.com>"\n')
     named = tmp_path / "named.toml"
-    named.write_text('sender = "From CAMPAIGNS_CONFIG"\n')
+    named.write_text('sender = "From CAMPAIGNS_CONFIG <a@example.com>"\n')
     given_file = tmp_path / "given.toml"
-    given_file.write_text('sender = "From --config"\n')
+    given_file.write_text('sender = "From --config <a@example.com>"\n')
 
     s = load_settings(config_file=given_file, env={"CAMPAIGNS_CONFIG": str(named)})
-    assert (s.sender, s.config_file) == ("From --config", given_file)
+    assert (s.sender, s.config_file) == ("From --config <a@example.com>", given_file)
     s = load_settings(config_file=str(given_file), env={})
-    assert s.sender == "From --config"
+    assert s.sender == "From --config <a@example.com>"
     s = load_settings(env={"CAMPAIGNS_CONFIG": str(named)})
-    assert (s.sender, s.config_file) == ("From CAMPAIGNS_CONFIG", named)
+    assert (s.sender, s.config_file) == ("From CAMPAIGNS_CONFIG <a@example.com>", named)
     s = load_settings(env={"CAMPAIGNS_CONFIG": ""})
-    assert s.sender == "From the working directory"
+    assert s.sender == "From the working directory <a@example.com>"
     s = load_settings(env={})
-    assert s.sender == "From the working directory"
+    assert s.sender == "From the working directory <a@example.com>"
     # The file is read only once chosen: the others' keys do not leak in.
     named.write_text('reply_to = "named@example.com"\n')
     s = load_settings(config_file=given_file, env={"CAMPAIGNS_CONFIG": str(named)})
@@ -200,6 +200,13 @@ def test_a_send_rate_that_is_not_a_finite_number_is_refused(cwd: Path, text: str
         load_settings(env={"CAMPAIGNS_SEND_RATE": text})
 
 
+# Display names for a sender: letters of any script, digits, spaces and . - '
+NAMES = st.text(
+    alphabet=st.characters(whitelist_categories=("L", "Nd"), whitelist_characters=" .-'"),
+    max_size=30,
+)
+
+
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -228,8 +235,8 @@ def test_smtp_connections_from_file_and_environment(
 @given(
     in_file=st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False),
     in_env=st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False),
-    sender_file=st.text(),
-    sender_env=st.text(alphabet=st.characters(blacklist_characters="\x00"), min_size=1),
+    sender_file=NAMES.map(lambda n: f"{n} <news@example.com>".strip()),
+    sender_env=NAMES.map(lambda n: f"{n} <shop@example.org>".strip()),
 )
 def test_send_rate_and_sender_from_file_and_environment(
     cwd: Path, in_file: float, in_env: float, sender_file: str, sender_env: str
@@ -321,3 +328,74 @@ def test_a_whole_number_key_refuses_fractions_and_booleans(cwd: Path, literal: s
     (cwd / "campaigns.toml").write_text(f"smtp_connections = {literal}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="smtp_connections"):
         load_settings(env={})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        # Each of these reached every message's headers or pages before (issue 15).
+        (
+            "RETURN_DOMAIN",
+            "b.example\r\nBcc: a@b.example",
+            "CAMPAIGNS_RETURN_DOMAIN: must be one line",
+        ),
+        ("RETURN_DOMAIN", "b.example>, <mailto:evil@evil.example", "is not a domain name"),
+        ("RETURN_DOMAIN", "bounces example.com", "is not a domain name"),
+        ("PUBLIC_URL", "javascript:alert(1)//", "is not an http:// or https:// address"),
+        ("PUBLIC_URL", "https://", "is not an http:// or https:// address"),
+        ("POLICY_URL", "ftp://example.com/policy", "CAMPAIGNS_POLICY_URL: is not an http://"),
+        ("SENDER", "Shop <news@example.com>\r\nBcc: x@evil.example", "must be one line"),
+        ("SENDER", "news@example.com, other@example.com", "is not one email address"),
+        ("SENDER", "Shop", "is not one email address"),
+        ("REPLY_TO", "help@example.com\nX-Injected: 1", "CAMPAIGNS_REPLY_TO: must be one line"),
+        ("POSTAL_ADDRESS", "1 Street\x00", "must be one line"),
+        ("DKIM_DOMAIN", "example..com", "is not a domain name"),
+    ],
+)
+def test_values_that_would_reach_headers_or_pages_are_refused(
+    cwd: Path, variable: str, value: str, says: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={f"CAMPAIGNS_{variable}": value})
+    message = str(caught.value)
+    assert says in message and "\n" not in message and "\r" not in message
+
+
+def test_a_bad_value_in_the_file_names_the_key_and_the_file(cwd: Path) -> None:
+    (cwd / "campaigns.toml").write_text('return_domain = "bounces .example.com"\n')
+    with pytest.raises(ConfigError, match=r"^return_domain in campaigns.toml: is not a domain"):
+        load_settings(env={})
+
+
+def test_good_values_pass(cwd: Path) -> None:
+    s = load_settings(
+        env={
+            "CAMPAIGNS_RETURN_DOMAIN": "Bounces.Example-Shop.co.uk",
+            "CAMPAIGNS_PUBLIC_URL": "https://news.example.com:8443/base",
+            "CAMPAIGNS_SENDER": '"Shop, Inc." <news@example.com>',
+            "CAMPAIGNS_REPLY_TO": "help@example.com",
+            "CAMPAIGNS_POLICY_URL": "http://example.com/privacy",
+        }
+    )
+    assert s.return_domain == "Bounces.Example-Shop.co.uk"
+
+
+def test_unknown_campaigns_variables_are_refused_like_unknown_keys(cwd: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^unknown environment variable CAMPAIGNS_SMTP_ULR "):
+        load_settings(env={"CAMPAIGNS_SMTP_ULR": "smtp://x"})
+    # The file to read, tracebacks and the test suite's own are not settings.
+    load_settings(env={"CAMPAIGNS_DEBUG": "1", "CAMPAIGNS_TEST_POSTGRES_URL": "x"})
+
+
+def test_a_data_dir_that_is_a_file_is_refused(cwd: Path) -> None:
+    (cwd / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"^CAMPAIGNS_DATA_DIR: is not a directory"):
+        load_settings(env={"CAMPAIGNS_DATA_DIR": str(cwd / "afile")})
+
+
+def test_the_script_says_one_line_and_exits_2(tmp_path: Path) -> None:
+    env = script_env(tmp_path, CAMPAIGNS_RETURN_DOMAIN="b.example\r\nBcc: a@b.example")
+    done = upgrade(tmp_path, env)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert "CAMPAIGNS_RETURN_DOMAIN: must be one line" in done.stderr
