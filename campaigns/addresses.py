@@ -19,13 +19,29 @@ _VALID = re.compile(
 
 
 # Any address-like word in free text (an SMTP reply, a bounce's diagnostic).
-_IN_TEXT = re.compile(r"<?[^\s<>@\"']+@[^\s<>\"']+>?")
+# Also a quoted local part ("john smith"@…) and one written with %40.
+_IN_TEXT = re.compile(
+    r"<?(?:\"[^\"]{0,64}\"|[^\s<>@\"']+)@[^\s<>\"']+>?|[^\s<>@\"']+%40[^\s<>\"']+",
+    re.IGNORECASE,
+)
 
 
 def redact(text: str) -> str:
     """Free text (a server's reply) on one line, without the addresses it quotes: the
     words may be stored and shown in aggregate, the addresses are personal data."""
     return _IN_TEXT.sub("<address>", " ".join(text.split()))
+
+
+def redact_cut(text: str, limit: int, was_cut: bool = False) -> str:
+    """`redact`, then at most `limit` characters, cut between words. `was_cut`: the text
+    was already cut short by someone else, so its last word may be half an address."""
+    if was_cut:
+        text = text.rsplit(" ", 1)[0] if " " in text.strip() else ""
+    text = redact(text)
+    if len(text) <= limit:
+        return text
+    cut = text[: limit + 1].rsplit(" ", 1)[0]
+    return cut if len(cut) <= limit else ""
 
 
 def normalise(raw: str) -> str:

@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
-from campaigns import addresses, suppression
+from campaigns import addresses, returns, suppression
 from campaigns.bounce_reasons import GROUP, Group, Reason
 from campaigns.campaign import SCHEDULED, SENDING, SENT
 from campaigns.models import Campaign, Contact, Delivery, ReturnEvent, utcnow
@@ -307,7 +307,11 @@ class Progress:
 
 
 def commit_progress(
-    bind: Engine | Connection, campaign_id: int, progress: Progress, now: datetime | None = None
+    bind: Engine | Connection,
+    campaign_id: int,
+    progress: Progress,
+    now: datetime | None = None,
+    soft_limit: tuple[int, int] = (3, 14),
 ) -> None:
     """Write one group of marks in a single transaction.
 
@@ -379,11 +383,25 @@ def commit_progress(
             )
             with Session(bind=conn) as session:
                 for delivery_id, address, error, reason in progress.refused:
-                    session.add(
-                        refusal_event(
-                            session, campaign_id, delivery_id, address, reason, now, error
-                        )
+                    event = refusal_event(
+                        session, campaign_id, delivery_id, address, reason, now, error
                     )
+                    session.add(event)
+                    session.flush()
+                    # A full mailbox at the send counts toward the soft-bounce limit
+                    # (soft_limit: how many within how many days) like one that came back.
+                    limit, days = soft_limit
+                    if event.kind == "soft_bounce" and (
+                        returns.soft_bounces_within(session, event.address_hash, days, now) >= limit
+                    ):
+                        suppression.suppress(
+                            session,
+                            address,
+                            SuppressionReason.SOFT_BOUNCES,
+                            source="bounce",
+                            campaign_id=campaign_id,
+                            delivery_id=delivery_id,
+                        )
                 session.flush()
         if progress.requeue:
             conn.execute(
@@ -453,7 +471,7 @@ def refusal_event(
         reason=reason,
         reason_group=group.value,
         domain=address.rpartition("@")[2].lower()[:255] if kind == "block" else "",
-        diagnostic=addresses.redact(error)[:300],
+        diagnostic=addresses.redact_cut(error, 300),
         detector="smtp",
     )
 

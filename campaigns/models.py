@@ -189,6 +189,9 @@ class Suppression(SQLModel, table=True):
     campaign_id: int | None = Field(default=None, index=True)
     # The delivery whose bounce or complaint caused it, when one did.
     delivery_id: int | None = None
+    # The weaker reason this one replaced ("unsubscribed" under a later hard bounce):
+    # what lifting a wrong bounce restores (schema 0005).
+    replaced_reason: str = Field(default="", max_length=20)
 
 
 class SuppressionChange(SQLModel, table=True):

@@ -68,6 +68,12 @@ class Returned:
     # Fallback when no token verifies: the failed or complained-about addresses.
     addresses: tuple[str, ...] = ()
     status: str = ""
+    # A report naming several recipients: the token (which names one person) counts
+    # only for the failure naming that person; `sole` is True when there is just one.
+    sole: bool = True
+    # False: never matched by address alone (a report naming more recipients than a
+    # bounce of ours would; anyone can send one, naming anyone).
+    by_address: bool = True
     # campaigns.bounce_reasons.Reason, and the server's words with addresses taken out.
     reason: str = ""
     diagnostic: str = ""
@@ -129,9 +135,10 @@ def find_target(
     """The contact and delivery the message is about: the token first, then addresses."""
     if item.contact_id is not None and item.campaign_id is not None:
         found = _delivery_for_token(session, item.contact_id, item.campaign_id)
-        if found is not None:
+        named = {addresses.key(a) for a in item.addresses}
+        if found is not None and (item.sole or not named or found[0].email_key in named):
             return found
-    if item.effect in (Effect.MAILTO, Effect.COMPLAINT):
+    if item.effect in (Effect.MAILTO, Effect.COMPLAINT) or not item.by_address:
         # Anyone can write to the return domain, naming anyone: only a token counts.
         return None
     for address in item.addresses:
@@ -347,7 +354,7 @@ def hard_bounce_evidence(session: Session) -> list[BounceEvidence]:
         ]
         contact_id = None
         delivery = session.get(Delivery, row.delivery_id) if row.delivery_id else None
-        if delivery is None and row.campaign_id is not None and not texts:
+        if delivery is None and row.campaign_id is not None:
             # A refusal during a send before schema 0005 named no delivery: find the
             # campaign's failed delivery to the contact with this hash.
             for d, email in session.exec(
@@ -361,7 +368,9 @@ def hard_bounce_evidence(session: Session) -> list[BounceEvidence]:
                     break
         if delivery is not None:
             contact_id = delivery.contact_id
-            if delivery.error and not texts:
+            # The refusal during the send counts beside any later bounce: a "550 5.1.1"
+            # at RCPT is not lifted for a later "5.7.1" of another campaign.
+            if delivery.status == "failed" and delivery.error:
                 texts.append(("", delivery.error))
         out.append(
             BounceEvidence(

@@ -64,6 +64,8 @@ def suppress(
         )
         changed = True
     elif _RANK[reason] > _RANK[SuppressionReason(row.reason)]:
+        if not row.replaced_reason:
+            row.replaced_reason = row.reason
         row.reason = reason
         row.source = source
         if campaign_id is not None:  # an erasure keeps the campaign the bounce came from
@@ -103,14 +105,19 @@ def lift_bounce(
             delivery_id=row.delivery_id,
         )
     )
-    session.delete(row)
+    restored = row.replaced_reason  # e.g. the person's own "stop everything" before it
+    if restored:
+        row.reason, row.replaced_reason = restored, ""
+        session.add(row)
+    else:
+        session.delete(row)
     key = meta_value(session, "suppression_key")
     query = select(Contact).where(Contact.suppressed == SuppressionReason.HARD_BOUNCE)
     if contact_id is not None:  # known from the delivery; otherwise look at every one
         query = query.where(Contact.id == contact_id)
     for contact in session.exec(query):
         if addresses.suppression_hash(contact.email, key) == address_hash:
-            contact.suppressed = None
+            contact.suppressed = restored or None
             contact.updated_at = utcnow()
             session.add(contact)
     session.flush()

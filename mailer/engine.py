@@ -113,9 +113,10 @@ _CHECKPOINT_EVERY = 100
 class _GroupCommitter:
     """Collects marks from all connections and writes them in as few commits as it can."""
 
-    def __init__(self, db: Engine, campaign_id: int) -> None:
+    def __init__(self, db: Engine, campaign_id: int, soft_limit: tuple[int, int] = (3, 14)) -> None:
         self.db = db
         self.campaign_id = campaign_id
+        self.soft_limit = soft_limit  # soft bounces that suppress, within how many days
         self._batch = Progress()
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
@@ -181,7 +182,14 @@ class _GroupCommitter:
                     if self._conn is None:
                         self._conn = self.db.connect()
                         self._autocheckpoint = deliveries.hold_checkpoints(self._conn)
-                    await _db_call(deliveries.commit_progress, self._conn, self.campaign_id, batch)
+                    await _db_call(
+                        deliveries.commit_progress,
+                        self._conn,
+                        self.campaign_id,
+                        batch,
+                        None,
+                        self.soft_limit,
+                    )
                     self._maybe_checkpoint()
                 except BaseException as exc:
                     for w in waiters:
@@ -312,7 +320,8 @@ class SendEngine:
         report = RunReport(campaign_id=campaign_id, name=campaign.name, total=counts)
         compiled = self.compile(campaign)
         queue: asyncio.Queue[_Item | None] = asyncio.Queue(maxsize=self.claim_size)
-        committer = _GroupCommitter(self.db, campaign_id)
+        soft = (self.settings.soft_bounce_limit, self.settings.soft_bounce_days)
+        committer = _GroupCommitter(self.db, campaign_id, soft)
         rate = RateLimiter(self.settings.send_rate)
 
         def on_commit(batch: Progress) -> None:
@@ -517,7 +526,9 @@ class SendEngine:
         """Send one message and write its outcome into `out`; returns the connection.
         `then` is the message this connection sends next, if known."""
         domain = _domain(item.email)
-        if domain in self._held:
+        # Held back: not sent, unless it was already announced on this connection (the
+        # block came in after it had gone out with the previous body): then it must go.
+        if domain in self._held and not getattr(conn, "announced", False):
             out.held.append((item.delivery_id, domain))
             return conn
         self._tries[domain] += 1
@@ -547,7 +558,8 @@ class SendEngine:
                     if connecting:
                         self._connecting -= 1
                 self._opened.add(conn)
-            after = None if then is None else (then.envelope_from, then.email, then.data)
+            held = then is not None and _domain(then.email) in self._held
+            after = None if then is None or held else (then.envelope_from, then.email, then.data)
             outcome = await conn.send(item.envelope_from, item.email, item.data, then=after)
         except _Refused:
             raise

@@ -23,7 +23,7 @@ from campaigns.config import Settings
 from campaigns.db import session_scope
 from campaigns.reports import anonymous_reason
 from campaigns.returns import Effect, Outcome, Policy, Returned, already_applied, apply
-from mailer.bounces import Kind, Verdict, classify
+from mailer.bounces import MAX_DIAGNOSTIC, Kind, Verdict, classify
 from mailer.mailbox import Mailbox, open_mailbox
 from mailer.tokens import TokenKind, TokenSigner, signer_from_settings
 
@@ -34,6 +34,8 @@ _EFFECTS = {
     Kind.COMPLAINT: Effect.COMPLAINT,
     Kind.UNSUBSCRIBE: Effect.MAILTO,
 }
+# More failed recipients than this in one report: matched by token only (see understand).
+MAX_RECIPIENTS = 5
 WORDS = {
     Effect.HARD_BOUNCE: "hard bounce",
     Effect.SOFT_BOUNCE: "soft bounce",
@@ -112,6 +114,11 @@ def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, list[Returned]
                 detector=verdict.detector,
             )
         ]
+    # Our messages have one recipient each: a report naming many is no bounce of ours
+    # (or a relay's expansion); by address alone it could name anyone we mailed.
+    crowded = len(verdict.failures) > MAX_RECIPIENTS
+    if crowded and contact_id is None:
+        return verdict, []
     items = []
     for i, failure in enumerate(verdict.failures):
         first = i == 0
@@ -123,14 +130,18 @@ def understand(raw: bytes, signer: TokenSigner) -> tuple[Verdict, list[Returned]
                 message_hash=digest
                 if first
                 else hashlib.sha256(raw + b"\0" + ",".join(failure.addresses).encode()).hexdigest(),
-                # A token names one person: the worst failure is theirs (our messages
-                # have one recipient; a relay reporting several expanded that one).
-                contact_id=contact_id if first else None,
-                campaign_id=campaign_id if first else None,
+                # The token names one person: it counts for the failure naming them, or
+                # for the only one (a relay may report a forwarded address).
+                contact_id=contact_id,
+                campaign_id=campaign_id,
+                sole=len(verdict.failures) == 1,
+                by_address=not crowded,
                 addresses=failure.addresses or (verdict.recipients if first else ()),
                 status=failure.status,
                 reason=failure.cause.value,
-                diagnostic=addresses.redact(failure.diagnostic)[:300],
+                diagnostic=addresses.redact_cut(
+                    failure.diagnostic, 300, was_cut=len(failure.diagnostic) >= MAX_DIAGNOSTIC
+                ),
                 detector=verdict.detector,
             )
         )
@@ -170,6 +181,10 @@ def process(
         if verdict.kind in (Kind.AUTO_REPLY, Kind.IGNORED):
             report.ignored += 1
             box.mark_processed(key)
+        elif not items and len(verdict.failures) > MAX_RECIPIENTS:
+            many = f"a report naming {len(verdict.failures)} recipients and no token of ours"
+            report.kept.append((key, many))
+            box.mark_unknown(key)
         elif not items:
             why = anonymous_reason(verdict.reason) if verdict.reason else ""
             report.kept.append((key, f"not understood{': ' + why if why else ''}"))

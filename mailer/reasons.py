@@ -60,21 +60,14 @@ _SENDER_SIDE = {(1, 7), (1, 8)}  # our own (sender's) address refused
 _TEXTS: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
     (reason, re.compile(pattern, _F))
     for reason, pattern in (
-        # Address phrases that read like blocks: Exchange Online's directory-based
-        # blocking, Postfix with a recipient table.
-        (
-            Reason.USER_UNKNOWN,
-            r"recipient address rejected: (?:access denied|user unknown|unknown user|"
-            r"undeliverable address|invalid (?:user|recipient))|recipientnotfound|"
-            r"recipnotfound|resolver\.adr\.recip",
-        ),
         (Reason.VIRUS_DETECTED, r"virus|malware|infected|trojan|worm\b|malicious"),
         (
             Reason.BLOCKED,
             r"spamhaus|spamcop|barracuda|sorbs|dnsbl|\brbl\b|blocklist|blacklist|"
             r"block ?list|black ?list|denylist|(?<!not )listed (?:at|in|on|by)|is listed|"
             r"abuseat|proofpoint|cloudmark|ipremoval|\bcbl\b|sender (?:address )?rejected|"
-            r"\bblocked\b|"
+            r"\bblocked\b|will not accept delivery of this message|"
+            r"not accept(?:ing)? (?:this|your) (?:message|mail)|"
             r"client host (?:\S+ )?rejected|helo command rejected|"
             r"your (?:ip|host|server|network|mail server|domain)\b",
         ),
@@ -112,6 +105,14 @@ _TEXTS: tuple[tuple[Reason, re.Pattern[str]], ...] = tuple(
             r"message (?:size|length)|(?:message|mail|email) (?:is )?too (?:big|large|long)|"
             r"exceeds? (?:the )?(?:maximum |max |allowed )?(?:message )?size|size limit|"
             r"maximum (?:message )?size",
+        ),
+        # Address phrases that read like blocks: Exchange Online's directory-based
+        # blocking, Postfix with a recipient table.
+        (
+            Reason.USER_UNKNOWN,
+            r"recipient address rejected: (?:access denied|user unknown|unknown user|"
+            r"invalid (?:user|recipient))|recipientnotfound|"
+            r"recipnotfound|resolver\.adr\.recip",
         ),
         (Reason.GREYLISTED, r"gr[ae]y ?list|gr[ae]ylisted|please try again in \d"),
         # A DNS lookup that failed for now reads like a dead domain without this.
@@ -201,6 +202,15 @@ _AT_DATA = re.compile(
     _F,
 )
 _DOES_NOT_ACCEPT_MAIL = ("521", "556")
+_URL = re.compile(r"\bhttps?://\S+", _F)
+_MAILBOX = re.compile(r"(?:\"[^\"]{0,64}\"|[^\s<>\"'(),;:\[\]]{1,64})@[^\s<>\"'(),;:\]]{1,255}", _F)
+_HOST = re.compile(r"\b[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,63}\b", _F)
+_ZONE = re.compile(
+    r"spamhaus|spamcop|sorbs|barracuda|abuseat|dnsbl|\brbl\b|blocklist|blacklist|"
+    r"uceprotect|mailspike|surbl|proofpoint|cloudmark",
+    _F,
+)
+_ACCESS_DENIED = re.compile(r"access denied", _F)
 _NULL_MX = re.compile(r"null mx|rfc ?7505", _F)
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)", re.ASCII)
 _REPLY = re.compile(r"(?<![\w.])([245])\d\d(?=[ -]|$)", re.ASCII)
@@ -216,6 +226,12 @@ def _may_overrule_7(temporary: bool) -> tuple[Group, ...]:
 def text_reason(text: str) -> Reason | None:
     """The reason the text states, most telling phrase first; None if it states none."""
     text = " ".join(text.split())  # folded lines: "Host not\n    found, try again"
+    # Names are not words: "<scampbell@…>" is no scam, "mx1.spamexperts.com" no spam
+    # verdict. Blocklist zones stay: "zen.spamhaus.org" is what the block says.
+    text = _URL.sub(lambda m: m.group(0) if _ZONE.search(m.group(0)) else " <url> ", text)
+    text = _MAILBOX.sub(" <address> ", text)
+    text = _HOST.sub(lambda m: m.group(0) if _ZONE.search(m.group(0)) else " <host> ", text)
+    text = " ".join(text.split())
     for reason, pattern in _TEXTS:
         if pattern.search(text):
             return reason
@@ -243,7 +259,8 @@ def reason_for(status: str = "", text: str = "", reply: str = "", action: str = 
         r = _REPLY.search(text)
         reply = r.group(0) if r else ""
     klass = m.group(1) if m else reply[:1]
-    temporary = klass == "4" or (not klass and action.lower() == "delayed")
+    # `Action: delayed` says the MTA will try again: never a dead address, whatever code.
+    temporary = klass == "4" or action.lower() == "delayed"
     code = (int(m.group(2)), int(m.group(3))) if m else None
     said = text_reason(text) if text else None
 
@@ -266,6 +283,11 @@ def reason_for(status: str = "", text: str = "", reply: str = "", action: str = 
         if code is not None and code[0] == 7 and GROUP[said] not in _may_overrule_7(temporary):
             # A security or policy code keeps the blame on the sender side.
             reason = Reason.BLOCKED
+        elif code is not None and code[0] == 7 and _ACCESS_DENIED.search(text):
+            # "554 5.7.1 ... Recipient address rejected: Access denied" is Postfix's
+            # access map refusing us; Exchange Online says the same for a missing
+            # mailbox, but with 5.4.1 (the address group keeps that one).
+            reason = Reason.POLICY
     elif code is not None:
         reason = _BY_SUBJECT.get(code[0], Reason.UNKNOWN)
         if temporary and reason is Reason.BLOCKED:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
-from campaigns.addresses import redact
+from campaigns.addresses import redact_cut
 from campaigns.bounce_reasons import GROUP, Group, Reason
 from campaigns.db import session_scope
 from campaigns.returns import BounceEvidence, hard_bounce_evidence
@@ -41,7 +41,7 @@ def judge(evidence: BounceEvidence) -> Lift | None:
     if any(GROUP[r] in (Group.ADDRESS, Group.UNKNOWN) for r in reasons):
         return None
     status, text = evidence.texts[0]
-    words = redact(" ".join(part for part in (status, text) if part))[:200]
+    words = redact_cut(" ".join(part for part in (status, text) if part), 200)
     why = f"reclassified as {reasons[0].value} ({GROUP[reasons[0]].value}): {words}"
     return Lift(evidence.address_hash, evidence.campaign_id, reasons[0], why)
 

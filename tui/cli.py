@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -466,18 +467,25 @@ def _run_line(r: dict[str, Any]) -> str:
 def cmd_campaign_release(app: App, args: argparse.Namespace) -> int:
     from campaigns import campaign
 
+    if args.domain is not None and not _DOMAIN.fullmatch(args.domain):
+        raise UsageError(f"not a domain name: {args.domain!r}")
     released = campaign.release_held(app.engine, args.name, args.domain or "")
     where = f" for {args.domain}" if args.domain else ""
     data = {"campaign": args.name, "released": released, "domain": args.domain or None}
-    out(
-        data,
-        args.json,
-        lambda: (
-            f"released {released} held deliveries{where} of {args.name!r}: the next send-due "
-            "(or campaign send) sends them"
-        ),
-    )
+
+    def text() -> str:
+        if not released:
+            return f"nothing of {args.name!r} is held back{where}"
+        return (
+            f"released {released} held deliveries{where} of {args.name!r}: the next "
+            "send-due (or campaign send) sends them"
+        )
+
+    out(data, args.json, text)
     return 0
+
+
+_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 
 
 def cmd_campaign_send(app: App, args: argparse.Namespace) -> int:

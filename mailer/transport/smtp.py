@@ -266,6 +266,12 @@ class SmtpConnection:
         self._ahead: bytes | None = None
 
     @property
+    def announced(self) -> bool:
+        """True when the next message's MAIL, RCPT and DATA have gone out with the last
+        body (`send(..., then=...)`): that message must be the next one sent."""
+        return self._ahead is not None
+
+    @property
     def is_open(self) -> bool:
         """True while the session can take a message; False once closed, refused with
         421, timed out, or hung up by the server (an idle timeout too), so the caller

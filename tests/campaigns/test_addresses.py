@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaigns.addresses import is_valid, key, normalise, suppression_hash
+from campaigns.addresses import is_valid, key, normalise, redact_cut, suppression_hash
 
 
 @pytest.mark.parametrize(
@@ -105,3 +105,20 @@ def test_suppression_hash_is_keyed_and_ignores_case() -> None:
     assert suppression_hash("  Ann.Lee@Example.COM ", "hash-secret") == expected
     assert suppression_hash("ann.lee@example.com", "other-secret") != expected
     assert suppression_hash("ann.lee@example.net", "hash-secret") != expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '550 5.1.1 <"john smith"@example.com>... User unknown',
+        "550 5.1.1 john%40example.com unknown",
+        "550 5.1.1 <user@[192.0.2.7]> unknown",
+        "550 5.1.1 " + "padding " * 36 + "john.smith@example.com is unknown",
+    ],
+)
+def test_a_servers_words_are_stored_without_any_address(text: str) -> None:
+    """Outside probe: quoted local parts, %40 and an address cut in half at the length
+    limit all escaped the redaction of stored diagnostics."""
+    stored = redact_cut(text, 300)
+    assert len(stored) <= 300
+    assert "john" not in stored and "user@" not in stored and "@" not in stored

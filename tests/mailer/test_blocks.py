@@ -15,7 +15,7 @@ import pytest
 from sqlmodel import select
 
 from campaigns import campaign as store
-from campaigns import segments, suppression
+from campaigns import consent, segments, suppression
 from campaigns.models import Contact, Delivery, ReturnEvent, Suppression
 from campaigns.purposes import Kind, Purpose
 from campaigns.segments import Segment
@@ -162,7 +162,9 @@ def test_the_cli_says_what_was_held_and_fails_until_it_is_released(
     out = capsys.readouterr().out
     assert "held back: blocked.example (2)" in out and "sent 2" in out
     assert main(["campaign", "release", "c", "--domain", "other.example"]) == 0
-    assert "released 0" in capsys.readouterr().out
+    assert "nothing of 'c' is held back for other.example" in capsys.readouterr().out
+    assert main(["campaign", "release", "c", "--domain", "bad domain%_"]) == 2
+    assert "not a domain name" in capsys.readouterr().err
     blocking["on"] = False
     assert main(["campaign", "release", "c", "--domain", "blocked.example"]) == 0
     assert "released 2" in capsys.readouterr().out
@@ -193,3 +195,53 @@ def test_a_provider_that_keeps_throttling_us_is_held_back_too(
     assert _statuses(db, "yahoo.example") == Counter({"held": 10})
     with db.session() as s:
         assert all(suppression.suppression_of(s, e) is None for e in throttled)
+
+
+def test_holding_a_domain_back_costs_nobody_else_an_attempt_when_pipelining(db: Db) -> None:
+    """With pipelining the next message is announced with the current body: a held one
+    must not be announced, and one announced before the hold goes out (outside probe:
+    fine.example people lost attempts, one gave up, when held messages were skipped)."""
+    from tests.mailer.smtp_server import FaultyHandler, run_smtp_server
+
+    # Interleaved in claim order: blocked, fine, blocked, fine ...
+    blocked, fine = [], []
+    with db.session() as s:
+        for i in range(80):
+            email = f"p{i}@blocked.example" if i % 2 == 0 else f"p{i}@fine.example"
+            c = Contact(email=email, email_key=email, name="")
+            s.add(c)
+            s.flush()
+            consent.record(
+                s, c, Purpose.PROMOTIONAL, granted=True, source="form:signup", policy_version="1"
+            )
+            (blocked if i % 2 == 0 else fine).append(email)
+        s.commit()
+    handler = FaultyHandler(rcpt={e: SPAMHAUS for e in blocked})
+    with run_smtp_server(handler, pipelining=True) as server:
+        conf = smtp_settings(
+            db.settings, server.port, smtp_connections=2, block_hold_count=3, max_attempts=2
+        )
+        new_campaign(db, Kind.PROMOTIONAL, name="c")
+        report = send_now(conf, db.engine, "c")
+    assert Counter(handler.recipients()) == Counter({e: 1 for e in fine})
+    assert _statuses(db, "fine.example") == Counter({"sent": 40})
+    statuses = _statuses(db, "blocked.example")
+    assert statuses["held"] >= 30 and statuses["sent"] == 0
+    assert report.held == statuses["held"]
+
+
+def test_full_mailboxes_at_the_send_reach_the_soft_bounce_limit(
+    db: Db, inbox: tuple[Inbox, int]
+) -> None:
+    """Outside probe: five 552 5.2.2 refusals in a row never suppressed. Three within
+    the window (soft_bounce_limit) do, as three that came back would."""
+    handler, port = inbox
+    (full,) = _people(db, "example.org", 1)
+    handler.fault = lambda stage, rcpt: "552 5.2.2 Mailbox full" if stage == "rcpt" else None
+    conf = smtp_settings(db.settings, port, soft_bounce_limit=3, soft_bounce_days=14)
+    for n in range(1, 4):
+        new_campaign(db, Kind.PROMOTIONAL, name=f"c{n}")
+        send_now(conf, db.engine, f"c{n}")
+        with db.session() as s:
+            expected = "soft_bounces" if n == 3 else None
+            assert suppression.suppression_of(s, full) == expected, n

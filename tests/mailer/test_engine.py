@@ -313,7 +313,8 @@ def _slow_outcome_commits(monkeypatch: pytest.MonkeyPatch, after: int) -> None:
     real, seen = engine_module._db_call, [0]
 
     async def db_call(fn: Any, bind: Any, *args: Any) -> Any:
-        if fn is deliveries.commit_progress and args[-1].sent:
+        batch = next((a for a in args if isinstance(a, deliveries.Progress)), None)
+        if fn is deliveries.commit_progress and batch is not None and batch.sent:
             seen[0] += 1
             if seen[0] > after:
                 await asyncio.sleep(0.3)

@@ -150,3 +150,73 @@ def test_the_servers_words_are_kept_without_addresses(
     assert (event.kind, event.reason, event.reason_group) == ("block", "spam_detected", "sender")
     assert event.detector == "dsn"
     assert "@" not in event.diagnostic and "looks like spam" in event.diagnostic
+
+
+def test_a_token_counts_only_for_the_failure_naming_its_person(
+    db: Db, inbox: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    """Outside probe: a report to alice's token listing her block and a stranger's dead
+    address suppressed alice. The token names one person; the stranger is nobody of ours."""
+    people = add_people(db, [GRANTED] * 2)
+    sent = send_campaign(db, inbox, people)
+    alice, bob = (p.email for p in people)
+    box = new_maildir(tmp_path / "Maildir")
+    drop(
+        box,
+        _dsn(
+            sent[alice.lower()].bounce_token,
+            [
+                (alice, "5.7.1", "550 5.7.1 client blocked using zen.spamhaus.org"),
+                ("stranger@elsewhere.example", "5.1.1", "550 5.1.1 user unknown"),
+            ],
+        ),
+    )
+    with open_mailbox(f"maildir://{box}") as mailbox:
+        report = process(
+            mailbox, db.engine, signer_from_settings(db.settings), Policy(policy_version="1")
+        )
+    assert (report.applied["block"], report.applied["hard_bounce"], report.suppressed) == (1, 0, 0)
+    with db.session() as s:
+        assert suppression.suppression_of(s, alice) is None
+        assert suppression.suppression_of(s, bob) is None
+
+
+def test_a_report_naming_many_of_ours_without_a_token_touches_nobody(
+    db: Db, inbox: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    """Anyone can mail the return domain: a forged report naming everyone we mailed must
+    not suppress them all. Our messages have one recipient each."""
+    people = add_people(db, [GRANTED] * 6)
+    send_campaign(db, inbox, people)
+    box = new_maildir(tmp_path / "Maildir")
+    forged = _dsn(
+        "aaaaaaaaaaaaaaaaaaaaaaaaaa", [(p.email, "5.1.1", "550 5.1.1 user unknown") for p in people]
+    )
+    drop(box, forged)
+    with open_mailbox(f"maildir://{box}") as mailbox:
+        report = process(
+            mailbox, db.engine, signer_from_settings(db.settings), Policy(policy_version="1")
+        )
+    assert report.suppressed == 0
+    assert [why for _key, why in report.kept] == [
+        "a report naming 6 recipients and no token of ours"
+    ]
+    with db.session() as s:
+        assert segments.count(s, Segment(purpose=Purpose.PROMOTIONAL)) == 6
+
+
+def test_an_address_cut_in_half_by_the_length_limit_is_not_stored(
+    db: Db, inbox: tuple[Inbox, int], tmp_path: Path
+) -> None:
+    people = add_people(db, [GRANTED])
+    sent = send_campaign(db, inbox, people)
+    email = people[0].email
+    # The address straddles the 300th character of the diagnostic.
+    words = "554 5.7.1 " + "x" * 270 + " john.smith@example.org is refused as spam"
+    box = new_maildir(tmp_path / "Maildir")
+    drop(box, _dsn(sent[email.lower()].bounce_token, [(email, "5.7.1", words)]))
+    with open_mailbox(f"maildir://{box}") as mailbox:
+        process(mailbox, db.engine, signer_from_settings(db.settings), Policy(policy_version="1"))
+    with db.session() as s:
+        (event,) = s.exec(select(ReturnEvent)).all()
+    assert "john" not in event.diagnostic and event.diagnostic.startswith("554 5.7.1 xxx")

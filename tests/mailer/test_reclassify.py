@@ -148,3 +148,62 @@ def test_the_cli_lists_what_it_would_lift(db: Db, monkeypatch: pytest.MonkeyPatc
     assert capsys.readouterr().out.startswith("lifted 2 hard-bounce suppressions:")
     assert main(["inbox", "reclassify"]) == 0
     assert "lifted 0 hard-bounce suppressions" in capsys.readouterr().out
+
+
+def test_a_refusal_at_the_send_is_not_lifted_for_a_later_block(db: Db) -> None:
+    """Outside probe: a 550 5.1.1 at RCPT (old rules, no delivery id) and a later 5.7.1
+    bounce of another campaign: the address is dead whatever came after."""
+    first = new_campaign(db, Kind.PROMOTIONAL, name="first")
+    second = new_campaign(db, Kind.PROMOTIONAL, name="second")
+    email = "gone@example.org"
+    contact_id = _person(db, email)
+    with db.session() as s:
+        s.add(
+            Delivery(
+                campaign_id=first,
+                contact_id=contact_id,
+                status="failed",
+                error=f"550 5.1.1 <{email}>: Recipient address rejected: User unknown",
+            )
+        )
+        suppression.suppress(s, email, SuppressionReason.HARD_BOUNCE, campaign_id=first)
+        s.add(
+            ReturnEvent(
+                message_hash="later",
+                kind="hard_bounce",
+                address_hash=suppression.hash_for(s, email),
+                status="5.7.1",
+                campaign_id=second,
+            )
+        )
+        s.commit()
+    assert reclassify(db.engine) == []
+    assert _suppressed(db) == {"gone": "hard_bounce"}
+
+
+def test_lifting_a_bounce_restores_the_persons_own_stop_everything(db: Db) -> None:
+    """Outside probe: "stop everything" (unsubscribed), then a hard bounce that was a
+    block: lifting the bounce must leave the person's own "no" in place."""
+    campaign_id = new_campaign(db, Kind.PROMOTIONAL, name="spring")
+    email = "quiet@example.org"
+    _person(db, email)
+    with db.session() as s:
+        suppression.suppress(s, email, SuppressionReason.UNSUBSCRIBED, source="one-click")
+        suppression.suppress(
+            s, email, SuppressionReason.HARD_BOUNCE, source="bounce", campaign_id=campaign_id
+        )
+        s.add(
+            ReturnEvent(
+                message_hash="m",
+                kind="hard_bounce",
+                address_hash=suppression.hash_for(s, email),
+                status="5.7.1",
+                diagnostic="550 5.7.1 client blocked using zen.spamhaus.org",
+                campaign_id=campaign_id,
+            )
+        )
+        s.commit()
+    assert len(reclassify(db.engine)) == 1
+    assert _suppressed(db) == {"quiet": "unsubscribed"}
+    with db.session() as s:
+        assert suppression.suppression_of(s, email) == "unsubscribed"

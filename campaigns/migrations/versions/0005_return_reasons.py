@@ -10,6 +10,9 @@ new rules (`campaigns inbox reclassify`) knows what each was. A block (the recei
 refused us, not the person) also stores the receiving domain, the only thing blocks are
 counted by; it is blanked when the person is erased. Rows from before have "".
 
+`suppressions.replaced_reason` keeps the weaker reason a stronger one replaced (an
+unsubscribe, when a hard bounce came after it), so that lifting the bounce restores it.
+
 `suppression_changes` is the ledger of suppressions lifted (by `inbox reclassify`, when
 a past bounce read under the new rules says nothing about the address): what was lifted,
 why, and from which campaign and delivery it had come.
@@ -27,6 +30,10 @@ depends_on = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("suppressions", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("replaced_reason", sa.String(length=20), nullable=False, server_default="")
+        )
     op.create_table(
         "suppression_changes",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -60,6 +67,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("suppressions", schema=None) as batch_op:
+        batch_op.drop_column("replaced_reason")
     op.drop_index("ix_suppression_changes_address_hash", table_name="suppression_changes")
     op.drop_table("suppression_changes")
     with op.batch_alter_table("return_events", schema=None) as batch_op:
