@@ -1626,3 +1626,99 @@ def test_a_notice_in_two_languages_counts_each_recipient_once() -> None:
         (("anna@example.org",), S, "mailbox_full"),
         (("bert@example.org",), H, "user_unknown"),
     ]
+
+
+# -- Amazon SES notifications (JSON mailed by SNS) ------------------------------------------
+
+
+def _ses(message: dict[str, object], *, envelope: bool = True, footer: bool = True) -> bytes:
+    import json
+
+    body = json.dumps(message)
+    if envelope:
+        body = json.dumps({"Type": "Notification", "Message": body})
+    if footer:
+        body += "\n\n--\nIf you wish to stop receiving notifications from this topic, ...\n"
+    return (
+        "From: AWS Notifications <no-reply@sns.amazonaws.com>\nSubject: AWS Notification "
+        f"Message\nContent-Type: text/plain; charset=UTF-8\n\n{body}"
+    ).encode()
+
+
+def _ses_bounce(kind: str, *recipients: tuple[str, str, str]) -> dict[str, object]:
+    return {
+        "notificationType": "Bounce",
+        "bounce": {
+            "bounceType": kind,
+            "bouncedRecipients": [
+                {"emailAddress": a, "action": "failed", "status": st, "diagnosticCode": d}
+                for a, st, d in recipients
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize("envelope", [True, False])
+@pytest.mark.parametrize("footer", [True, False])
+def test_an_ses_bounce_notification_is_read_per_recipient(envelope: bool, footer: bool) -> None:
+    raw = _ses(
+        _ses_bounce(
+            "Permanent",
+            ("gone@example.org", "5.1.1", "smtp; 550 5.1.1 user unknown"),
+            ("full@example.org", "5.2.2", "smtp; 552 5.2.2 mailbox full"),
+            ("spam@example.org", "5.7.1", "smtp; 554 5.7.1 message rejected as spam"),
+        ),
+        envelope=envelope,
+        footer=footer,
+    )
+    verdict = classify(raw)
+    assert (verdict.kind, verdict.detector, verdict.status) == (H, "ses", "5.1.1")
+    assert verdict.recipients == ("gone@example.org",)
+    assert verdict.reason == "Amazon SES bounce notification, 5.1.1"
+    assert [(f.addresses, f.kind, f.cause.value, f.diagnostic) for f in verdict.failures] == [
+        (("gone@example.org",), H, "user_unknown", "550 5.1.1 user unknown"),
+        (("full@example.org",), S, "mailbox_full", "552 5.2.2 mailbox full"),
+        (("spam@example.org",), B, "spam_detected", "554 5.7.1 message rejected as spam"),
+    ]
+
+
+def test_a_transient_ses_bounce_never_makes_an_address_dead() -> None:
+    raw = _ses(_ses_bounce("Transient", ("a@example.org", "5.1.1", "smtp; 550 5.1.1 unknown")))
+    verdict = classify(raw)
+    assert [(f.kind, f.cause.value) for f in verdict.failures] == [(S, "delayed")]
+
+
+def test_an_ses_complaint_names_the_complainer() -> None:
+    raw = _ses(
+        {
+            "notificationType": "Complaint",
+            "complaint": {"complainedRecipients": [{"emailAddress": "anna@example.org"}]},
+        }
+    )
+    verdict = classify(raw)
+    assert (verdict.kind, verdict.cause.value, verdict.detector) == (
+        Kind.COMPLAINT,
+        "complaint",
+        "ses",
+    )
+    assert verdict.recipients == ("anna@example.org",)
+    assert verdict.reason == "Amazon SES complaint notification"
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"notificationType": "Bounce", "bounce": {"bouncedRecipients": []}},
+        {"notificationType": "Bounce", "bounce": "not an object"},
+        {"notificationType": "Bounce", "bounce": {"bouncedRecipients": ["x", 3]}},
+    ],
+)
+def test_an_ses_bounce_naming_nobody_is_kept(message: dict[str, object]) -> None:
+    verdict = classify(_ses(message))
+    assert (verdict.kind, verdict.failures) == (Kind.UNKNOWN, ())
+    assert verdict.reason == "Amazon SES notification naming nobody"
+
+
+def test_other_json_is_no_ses_notification() -> None:
+    raw = _ses({"notificationType": "Delivery"})
+    assert classify(raw).detector != "ses"
