@@ -65,6 +65,17 @@ def is_valid(address: str) -> bool:
     return len(local) <= 64 and not local.startswith(".") and ".." not in local
 
 
+_DOMAIN = re.compile(
+    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+",
+    re.IGNORECASE,
+)
+
+
+def is_domain(text: str) -> bool:
+    """A domain name (at least two labels): a return domain, a receiving domain."""
+    return _DOMAIN.fullmatch(text) is not None
+
+
 def suppression_hash(address: str, secret: str) -> str:
     """Keyed hash of an address: all that is kept of an erased or suppressed person."""
     return hmac.new(secret.encode(), key(address).encode(), hashlib.sha256).hexdigest()

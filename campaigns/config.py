@@ -177,10 +177,6 @@ def load_settings(
 _OTHER_VARIABLES = frozenset({"CAMPAIGNS_CONFIG", "CAMPAIGNS_DEBUG"})
 # Reserved for the test suite (CAMPAIGNS_TEST_POSTGRES_URL ...).
 _TEST_PREFIX = "CAMPAIGNS_TEST_"
-_HOSTNAME = re.compile(
-    r"(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)+",
-    re.IGNORECASE,
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Settings that end up in message headers, URLs or pages: one line of text each.
 _ONE_LINE = (
@@ -205,7 +201,7 @@ def _problems(s: Settings) -> Iterator[tuple[str, str]]:
             yield key, "must be one line of text (it holds a line break or control character)"
     for key in ("return_domain", "dkim_domain"):
         value = str(getattr(s, key))
-        if value and not _HOSTNAME.fullmatch(value):
+        if value and not addresses.is_domain(value):
             yield key, f"is not a domain name: {value!r}"
     for key, required in (("sender", True), ("reply_to", False)):
         value = str(getattr(s, key))

@@ -457,7 +457,10 @@ def refusal_event(
 ) -> ReturnEvent:
     """A send-time refusal counted like a bounce of the same reason: a dead address as a
     hard bounce, a block by its receiving domain, a full mailbox toward the soft limit."""
-    group = GROUP[Reason(reason)] if reason in set(Reason) else Group.UNKNOWN
+    try:
+        group = GROUP[Reason(reason)]
+    except ValueError:
+        group = Group.UNKNOWN
     kind = {Group.ADDRESS: "hard_bounce", Group.SENDER: "block"}.get(group, "soft_bounce")
     return ReturnEvent(
         # One per delivery: a refusal is final, so it can only happen once.

@@ -897,7 +897,8 @@ def _from_text(scan: _Scan, subject: str, verdict: _Make, msg: Message, raw: byt
     delay = bool(_DELAY_SUBJECT.search(subject))
     failures: list[Failure] = []
     given_up = bool(_PERMANENT.search(text) or _GAVE_UP.search(text))
-    for address, words in _recipient_blocks(text):
+    blocks = _recipient_blocks(text)
+    for address, words in blocks:
         judged = _judge_text(words, delay, given_up)
         if judged is not None:
             failures.append(
@@ -945,16 +946,12 @@ def _from_text(scan: _Scan, subject: str, verdict: _Make, msg: Message, raw: byt
         else:
             failures = [Failure(whole.kind, whole.cause, named, whole.status, whole.diagnostic)]
     # A notice in two languages lists each recipient twice: the first reading counts.
-    seen: set[str] = set()
-    failures = [
-        f
-        for f in failures
-        if not (f.addresses and f.addresses[0].lower() in seen)
-        and not seen.add(f.addresses[0].lower() if f.addresses else "")
-    ]
-    failures.sort(key=lambda f: -_SEVERITY[f.kind])
+    first: dict[str, Failure] = {}
+    for f in failures:
+        first.setdefault(f.addresses[0].lower() if f.addresses else "", f)
+    failures = sorted(first.values(), key=lambda f: -_SEVERITY[f.kind])
     worst = failures[0]
-    if whole is None or _recipient_blocks(text):
+    if whole is None or blocks:
         why = f"bounce text: {worst.status or worst.cause.value}"
     else:
         why = whole.why

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -465,9 +464,9 @@ def _run_line(r: dict[str, Any]) -> str:
 
 
 def cmd_campaign_release(app: App, args: argparse.Namespace) -> int:
-    from campaigns import campaign
+    from campaigns import addresses, campaign
 
-    if args.domain is not None and not _DOMAIN.fullmatch(args.domain):
+    if args.domain is not None and not addresses.is_domain(args.domain):
         raise UsageError(f"not a domain name: {args.domain!r}")
     released = campaign.release_held(app.engine, args.name, args.domain or "")
     where = f" for {args.domain}" if args.domain else ""
@@ -483,9 +482,6 @@ def cmd_campaign_release(app: App, args: argparse.Namespace) -> int:
 
     out(data, args.json, text)
     return 0
-
-
-_DOMAIN = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
 
 
 def cmd_campaign_send(app: App, args: argparse.Namespace) -> int:
