@@ -480,7 +480,7 @@ def refusal_event(
 
 
 def _held_note(domain: str) -> str:
-    return f"held back: {domain} kept blocking this send"
+    return f"held back: {domain.lower()} kept blocking this send"
 
 
 def _at_domain(domain: str) -> Any:

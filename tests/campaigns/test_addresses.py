@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaigns.addresses import is_valid, key, normalise, redact_cut, suppression_hash
+from campaigns.addresses import is_domain, is_valid, key, normalise, redact_cut, suppression_hash
 
 
 @pytest.mark.parametrize(
@@ -122,3 +122,76 @@ def test_a_servers_words_are_stored_without_any_address(text: str) -> None:
     stored = redact_cut(text, 300)
     assert len(stored) <= 300
     assert "john" not in stored and "user@" not in stored and "@" not in stored
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("550 5.1.1 <ann@example.com>: User unknown", "550 5.1.1 <address>: User unknown"),
+        ("550  user\r\n\tunknown  ", "550 user unknown"),  # one line, single spaces
+        (
+            "RCPT TO:<Ann@Example.COM> and bob@example.org refused",
+            "RCPT TO:<address> and <address> refused",
+        ),
+        ("no address here", "no address here"),
+    ],
+)
+def test_redaction_keeps_the_words_on_one_line_without_the_addresses(
+    text: str, stored: str
+) -> None:
+    assert redact_cut(text, 300) == stored
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "stored"),
+    [
+        ("alpha beta gamma", 16, "alpha beta gamma"),  # exactly the limit: whole
+        ("alpha beta gamma", 15, "alpha beta"),  # cut between words, never inside one
+        ("alpha beta gamma", 10, "alpha beta"),
+        ("alpha beta gamma", 9, "alpha"),
+        ("alphabet soup", 5, ""),  # the first word alone is too long: nothing
+        ("", 5, ""),
+    ],
+)
+def test_redaction_cuts_at_the_limit_between_words(text: str, limit: int, stored: str) -> None:
+    assert redact_cut(text, limit) == stored
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        # Someone else cut it: its last word may be half an address, so it goes.
+        ("550 no such user ann@exam", "550 no such user"),
+        ("550 no such user <ann.lee", "550 no such user"),
+        ("ann@exam", ""),  # one word only: nothing is left
+        ("  ann@exam  ", ""),
+    ],
+)
+def test_text_cut_short_elsewhere_loses_its_last_word(text: str, stored: str) -> None:
+    assert redact_cut(text, 300, was_cut=True) == stored
+    if " " in text.strip():
+        # Not cut elsewhere: every word is kept (the address only masked).
+        assert redact_cut(text, 300).startswith("550 no such user ")
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("example.com", True),
+        ("mail.Example.ORG", True),
+        ("a-b.example", True),
+        ("x" * 63 + ".example", True),
+        ("x" * 64 + ".example", False),  # a label is at most 63
+        (".".join(["a" * 63] * 3 + ["b" * 61]), True),  # 253 in all: the most
+        (".".join(["a" * 63] * 3 + ["b" * 62]), False),
+        ("localhost", False),  # one label
+        ("-a.example", False),
+        ("a-.example", False),
+        ("a_b.example", False),
+        ("a b.example", False),
+        ("b.example>, <mailto:x@evil.example", False),
+        ("", False),
+    ],
+)
+def test_is_domain_takes_host_names_of_two_labels_or_more(text: str, ok: bool) -> None:
+    assert is_domain(text) is ok

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, make_url
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from campaigns import campaign as store
 from campaigns import consent, deliveries, suppression
 from campaigns.db import make_engine
 from campaigns.deliveries import Claimed, ClaimResult, Progress
-from campaigns.models import Campaign, Contact, Delivery, Suppression
+from campaigns.models import Campaign, Contact, Delivery, ReturnEvent, Suppression
 from campaigns.purposes import Kind, Purpose, SuppressionReason
 from tests.conftest import Db
 
@@ -691,6 +691,14 @@ def test_commit_progress_on_a_connection_kept_for_the_whole_run(db: Db) -> None:
         )
         deliveries.commit_progress(conn, cid, Progress(in_doubt=[(d4, "dropped")]), now=T)
         rows = _rows(db, cid)
+        # Marks that need more than a status change take the full path on SQLite too.
+        deliveries.commit_progress(conn, cid, Progress(held=[(d1, "example.com")]), now=T)
+        assert _rows(db, cid)[0].status == "held"
+        refused = [(d2, "reader1@example.com", "550 5.7.1 no", "blocked")]
+        deliveries.commit_progress(conn, cid, Progress(refused=refused), now=T)
+        assert _rows(db, cid)[1].status == "failed" and [e.kind for e in _events(db)] == ["block"]
+        deliveries.commit_progress(conn, cid, Progress(failed=[(d3, "554 no")]), now=T)
+        assert _rows(db, cid)[2].status == "failed"
     assert [(*_state(d), d.sent_at, d.next_attempt_at) for d in rows] == [
         ("sent", 0, "", "w", T + SEC, None),
         ("sent", 0, "", "w", T + 2 * SEC, None),
@@ -708,8 +716,12 @@ def test_progress_is_true_when_any_mark_is_waiting_and_merges_in_order() -> None
         "in_doubt": [(5, "dropped")],
         "bounced": [(6, "a@example.com", "550")],
         "requeue": [(7, "421")],
+        "refused": [(8, "c@example.com", "550 5.7.1", "blocked")],
+        "hold_domains": ["example.net"],
+        "held": [(9, "example.net")],
     }
     assert not Progress()
+    assert not Progress(reasons={6: "has_moved"})  # a reason alone is no mark
     for name, value in fields.items():
         assert Progress(**{name: value}), name
 
@@ -721,9 +733,12 @@ def test_progress_is_true_when_any_mark_is_waiting_and_merges_in_order() -> None
         "in_doubt": [(15, "reset")],
         "bounced": [(16, "b@example.com", "551")],
         "requeue": [(17, "421 busy")],
+        "refused": [(18, "d@example.com", "552 5.2.2", "mailbox_full")],
+        "hold_domains": ["example.org"],
+        "held": [(19, "example.org")],
     }
-    merged = Progress(**fields)
-    merged.merge(Progress(**later))
+    merged = Progress(**fields, reasons={6: "has_moved"})
+    merged.merge(Progress(**later, reasons={16: "disabled"}))
     assert merged == Progress(
         sending=[1, 11],
         sent=[2, 12],
@@ -732,6 +747,10 @@ def test_progress_is_true_when_any_mark_is_waiting_and_merges_in_order() -> None
         in_doubt=[(5, "dropped"), (15, "reset")],
         bounced=[(6, "a@example.com", "550"), (16, "b@example.com", "551")],
         requeue=[(7, "421"), (17, "421 busy")],
+        refused=[(8, "c@example.com", "550 5.7.1", "blocked"), *later["refused"]],
+        hold_domains=["example.net", "example.org"],
+        held=[(9, "example.net"), (19, "example.org")],
+        reasons={6: "has_moved", 16: "disabled"},
     )
 
 
@@ -1037,3 +1056,182 @@ def test_checkpoints_are_held_given_back_and_copy_the_wal_into_the_file(
         n = plain.execute("SELECT count(*) FROM deliveries WHERE campaign_id = ?", (cid,))
         assert n.fetchone()[0] == 3
     plain.close()
+
+
+# Issue 14: refusals at the send are judged by their reason (DESIGN.md §4 "Returns").
+# reason -> (event kind, group): the group table of DESIGN.md §4, written out here.
+REFUSAL_KINDS = {
+    "user_unknown": ("hard_bounce", "address"),
+    "has_moved": ("hard_bounce", "address"),
+    "blocked": ("block", "sender"),
+    "auth_failure": ("block", "sender"),
+    "mailbox_full": ("soft_bounce", "mailbox"),
+    "expired": ("soft_bounce", "transient"),
+    "not-a-reason": ("soft_bounce", "unknown"),
+}
+
+
+def _events(db: Db) -> list[ReturnEvent]:
+    with db.session() as s:
+        return list(s.exec(select(ReturnEvent).order_by(col(ReturnEvent.delivery_id))))
+
+
+def _address_hash(db: Db, email: str) -> str:
+    with db.session() as s:
+        return suppression.hash_for(s, email)
+
+
+def test_refusals_at_the_send_are_return_events_of_their_reason(db: Db) -> None:
+    """A dead address is suppressed and counted as a hard bounce; a block is counted for
+    its receiving domain and costs the person nothing; a full mailbox counts toward the
+    soft limit; the server's words are kept without the address they quote."""
+    people = _people(db, 7, "mail.example.com")
+    cid = _campaign(db, "spring")
+    deliveries.start(db.engine, cid, now=T)
+    ids = _ids(db, cid)
+    deliveries.claim(db.engine, cid, "w", 7, now=T)
+    emails = [p.email for p in people]
+    said = [
+        f"550 {r} for <{e}> said the server" for r, e in zip(REFUSAL_KINDS, emails, strict=False)
+    ]
+    bounced = [(ids[0], emails[0], said[0]), (ids[1], emails[1], said[1])]
+    refused = [
+        (ids[i], emails[i].replace("mail.example.com", "Mail.Example.COM"), said[i], reason)
+        for i, reason in list(enumerate(REFUSAL_KINDS))[2:]
+    ]
+    deliveries.commit_progress(
+        db.engine,
+        cid,
+        # The first bounce names no reason: a refused recipient is a user unknown.
+        Progress(bounced=bounced, refused=refused, reasons={ids[1]: "has_moved"}),
+        now=T + SEC,
+    )
+
+    assert [(d.status, d.attempts, d.error) for d in _rows(db, cid)] == [
+        ("failed", 1, said[i]) for i in range(7)
+    ]
+    events = _events(db)
+    assert [(e.delivery_id, e.kind, e.reason, e.reason_group) for e in events] == [
+        (ids[i], kind, reason, group)
+        for i, (reason, (kind, group)) in enumerate(REFUSAL_KINDS.items())
+    ]
+    for i, e in enumerate(events):
+        assert e.campaign_id == cid and e.detector == "smtp" and e.status == ""
+        assert e.occurred_at == T + SEC
+        assert e.address_hash == _address_hash(db, emails[i])
+        reason = list(REFUSAL_KINDS)[i]
+        assert e.diagnostic == f"550 {reason} for <address> said the server"
+        # Counted per receiving domain only when it is a block.
+        assert e.domain == ("mail.example.com" if e.kind == "block" else "")
+    assert len({e.message_hash for e in events}) == 7
+    with db.session() as s:
+        suppressed = {c.email: c.suppressed for c in s.exec(select(Contact))}
+    assert suppressed == {e: ("hard_bounce" if i < 2 else None) for i, e in enumerate(emails)}
+
+
+def test_a_refusal_keeps_at_most_300_characters_of_the_servers_words(db: Db) -> None:
+    cid, ids, people = _started(db, 1)
+    deliveries.claim(db.engine, cid, "w", 1, now=T)
+    error = "552 5.2.2 " + "mailbox full " * 40
+    refused = [(ids[0], people[0].email, error, "mailbox_full")]
+    deliveries.commit_progress(db.engine, cid, Progress(refused=refused), now=T)
+    (event,) = _events(db)
+    assert len(event.diagnostic) <= 300 and event.diagnostic.startswith("552 5.2.2 mailbox full")
+    assert event.diagnostic.endswith("full") and len(event.diagnostic) > 280
+
+
+def _campaigns_for(db: Db, names: list[str]) -> list[tuple[int, int]]:
+    """(campaign, its only delivery) for each name, all sent to the same existing people."""
+    out = []
+    for name in names:
+        cid = _campaign(db, name)
+        deliveries.start(db.engine, cid, now=T)
+        deliveries.claim(db.engine, cid, "w", 10, now=T)
+        out.append((cid, _ids(db, cid)[0]))
+    return out
+
+
+def test_full_mailboxes_at_the_send_reach_the_soft_limit_within_its_window(db: Db) -> None:
+    """§4: soft bounces suppress once there are `limit` of them within `days`; blocks never
+    count, however many."""
+    (full,) = _people(db, 1)
+    sends = _campaigns_for(db, ["one", "two", "three"])
+    when = [T - timedelta(days=20), T - timedelta(days=1), T]
+    for (cid, did), now in zip(sends, when, strict=True):
+        refusal = (did, full.email, "452 4.2.2 mailbox full", "mailbox_full")
+        deliveries.commit_progress(
+            db.engine, cid, Progress(refused=[refusal]), now=now, soft_limit=(2, 14)
+        )
+        with db.session() as s:
+            contact = s.get(Contact, full.id)
+            assert contact is not None
+            # The first one is 19 days before the second: outside its window.
+            assert contact.suppressed == (None if now < T else "soft_bounces"), now
+
+
+def test_blocks_at_the_send_never_suppress_however_many(db: Db) -> None:
+    (person,) = _people(db, 1)
+    for cid, did in _campaigns_for(db, ["one", "two", "three"]):
+        refusal = (did, person.email, "550 5.7.1 blocked", "blocked")
+        deliveries.commit_progress(
+            db.engine, cid, Progress(refused=[refusal]), now=T, soft_limit=(1, 14)
+        )
+    with db.session() as s:
+        contact = s.get(Contact, person.id)
+        assert contact is not None and contact.suppressed is None
+        assert list(s.exec(select(Suppression))) == []
+    assert [e.kind for e in _events(db)] == ["block"] * 3
+
+
+def test_a_domain_that_keeps_blocking_is_held_and_released_by_domain(db: Db) -> None:
+    """Issue 14: the pending deliveries to a blocking domain are held back (with a note),
+    so are the claimed ones the engine hands back; other domains, other states and other
+    campaigns are untouched; release lets them go again, one domain or all."""
+    people = _people(db, 3, "blocks.example")
+    people += _people(db, 2, "sub.blocks.example")  # another domain, same suffix
+    people += _people(db, 1, "a-b.example")
+    people += _people(db, 1, "axb.example")  # held: "a_b.example", whose "_" is no wildcard
+    cid = _campaign(db, "spring")
+    other = _campaign(db, "other")
+    deliveries.start(db.engine, cid, now=T)
+    deliveries.start(db.engine, other, now=T)
+    ids = _ids(db, cid)
+    deliveries.claim(db.engine, cid, "w", 1, now=T)  # ids[0] claimed
+    deliveries.commit_progress(db.engine, cid, Progress(sent=[ids[0]]), now=T)
+    deliveries.claim(db.engine, cid, "w", 1, now=T)  # ids[1] claimed, not sent
+
+    deliveries.commit_progress(
+        db.engine,
+        cid,
+        Progress(
+            held=[(ids[1], "blocks.example")],
+            hold_domains=["Blocks.Example", "a_b.example", "A-B.example"],
+        ),
+        now=T,
+    )
+
+    note = "held back: {} kept blocking this send"
+    assert [(d.status, d.error, d.claimed_by) for d in _rows(db, cid)] == [
+        ("sent", "", "w"),
+        ("held", note.format("blocks.example"), ""),
+        ("held", note.format("blocks.example"), ""),
+        ("pending", "", ""),
+        ("pending", "", ""),
+        ("held", note.format("a-b.example"), ""),
+        ("pending", "", ""),
+    ]
+    assert [d.status for d in _rows(db, other)] == ["pending"] * 7
+    assert deliveries.held_by_domain(db.engine, cid) == {"blocks.example": 2, "a-b.example": 1}
+    assert list(deliveries.held_by_domain(db.engine, cid)) == ["blocks.example", "a-b.example"]
+    assert deliveries.held_by_domain(db.engine, other) == {}
+
+    assert deliveries.release_held(db.engine, cid, "A-B.example") == 1
+    assert deliveries.held_by_domain(db.engine, cid) == {"blocks.example": 2}
+    assert deliveries.release_held(db.engine, other) == 0
+    assert deliveries.release_held(db.engine, cid) == 2
+    assert [(d.status, d.error, d.next_attempt_at) for d in _rows(db, cid)] == [
+        ("sent", "", None)
+    ] + [("pending", "", None)] * 6
+    # Released rows are due at once.
+    again = deliveries.claim(db.engine, cid, "w", 10, now=T + SEC)
+    assert len(again.ready) == 6
