@@ -58,8 +58,10 @@ def _sqlite_begin(conn: Any) -> None:
     conn.info[CHANGES_AT_BEGIN] = raw.total_changes
 
 
-def make_engine(url: str) -> Engine:
-    """Build the engine; creates the SQLite file's folder when needed."""
+def make_engine(url: str, create_folder: bool = True) -> Engine:
+    """Build the engine. The SQLite file's folder is created when needed if
+    `create_folder`; else a missing folder is an error (a mistyped URL given by the user
+    must not quietly start an empty database somewhere new)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -72,7 +74,11 @@ def make_engine(url: str) -> Engine:
                 f"this Python has {sqlite3.sqlite_version}"
             )
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(parsed.database).expanduser().parent
+            if create_folder:
+                folder.mkdir(parents=True, exist_ok=True)
+            elif not folder.is_dir():
+                raise DatabaseError(f"the SQLite database's folder does not exist: {folder}")
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True

@@ -43,6 +43,7 @@ from mailer.transport import (
     RateLimiter,
     SendOutcome,
     SmtpConnection,
+    TransportError,
     parse_smtp_url,
 )
 
@@ -670,7 +671,13 @@ class SendEngine:
         test = campaign.model_copy(update={"subject": f"[TEST] {campaign.subject}"})
         compiled = self.compile(test)
         conn = self._new_connection()
-        await conn.connect()
+        try:
+            await conn.connect()
+        except (OSError, TimeoutError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise TransportError(
+                f"cannot connect to the SMTP server: {why or 'timed out'}"
+            ) from None
         outcomes = []
         try:
             for address in to:

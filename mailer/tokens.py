@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from enum import Enum
 from pathlib import Path
 
-from campaigns.config import Settings
+from campaigns.config import ConfigError, Settings
 
 VERSION = 1
 MAC_BYTES = 12
@@ -184,11 +184,15 @@ def load_or_create_keys(settings: Settings) -> list[str]:
     if keys:
         return keys
     path = Path(settings.data_dir) / KEY_FILE
-    if not path.exists():
-        _create_key_file(path)
-    keys = _split_keys(path.read_text(encoding="utf-8"))
+    try:
+        if not path.exists():
+            _create_key_file(path)
+        keys = _split_keys(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise ConfigError(f"the key file {path} cannot be read: {why}") from None
     if not keys:
-        raise ValueError(f"the key file {path} is empty; delete it or set CAMPAIGNS_SECRET_KEY")
+        raise ConfigError(f"the key file {path} is empty; delete it or set CAMPAIGNS_SECRET_KEY")
     return keys
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -50,7 +50,9 @@ class App:
         if self._engine is None:
             from campaigns.db import ensure_schema, make_engine
 
-            self._engine = make_engine(self.settings.effective_database_url)
+            # The default database's folder is ours to make; a given URL's is not.
+            given = bool(self.settings.database_url)
+            self._engine = make_engine(self.settings.effective_database_url, not given)
             ensure_schema(self._engine)
         return self._engine
 
@@ -77,7 +79,14 @@ def parse_time(text: str) -> datetime:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(f"not an ISO 8601 time: {text!r}") from None
-    return when.astimezone() if when.tzinfo is None else when
+    when = when.astimezone() if when.tzinfo is None else when
+    try:
+        # Stored in UTC and shown in local time: both must exist (year 9999 at -12:00
+        # is year 10000 in UTC).
+        when.astimezone(UTC).astimezone()
+    except (OverflowError, OSError):
+        raise UsageError(f"time out of range (years 1 to 9998): {text!r}") from None
+    return when
 
 
 def read_text_file(path: str) -> str:
@@ -492,13 +501,17 @@ def cmd_campaign_send(app: App, args: argparse.Namespace) -> int:
     try:
         if args.test_to:
             from mailer.engine import SendEngine
+            from mailer.transport.base import TransportError
 
             bad = [a for a in args.test_to if not _valid_address(a)]
             if bad:
                 raise UsageError(f"not an email address: {bad[0]!r}")
             with app.session() as s:
                 c = campaign.get(s, args.name)
-            outcomes = SendEngine(app.settings, app.engine).test_send(c, args.test_to)
+            try:
+                outcomes = SendEngine(app.settings, app.engine).test_send(c, args.test_to)
+            except TransportError as exc:  # no connection, or refused at the greeting
+                raise Failure(f"test send failed: {exc}") from None
             data = [
                 {"to": a, "accepted": o.accepted, "reply": f"{o.code} {o.text}"}
                 for a, o in zip(args.test_to, outcomes, strict=True)
@@ -645,7 +658,7 @@ def cmd_serve(app: App, args: argparse.Namespace) -> int:
 def cmd_db_upgrade(app: App, args: argparse.Namespace) -> int:
     from campaigns.db import make_engine, upgrade
 
-    engine = make_engine(app.settings.effective_database_url)
+    engine = make_engine(app.settings.effective_database_url, not app.settings.database_url)
     before, after = upgrade(engine)
     msg = (
         f"created a new database at schema {after}"

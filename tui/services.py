@@ -39,6 +39,7 @@ from campaigns.reports import CampaignReport, CampaignRow, ConsentOverview
 from campaigns.segments import Breakdown, Segment, SegmentError
 from mailer.message import Recipient
 from mailer.render import TemplateProblem
+from mailer.transport.base import TransportError
 
 if TYPE_CHECKING:
     from campaigns.csv_import import ImportReport
@@ -219,6 +220,8 @@ def error_text(exc: BaseException) -> str:
         plain += (busy,)
     if isinstance(exc, TemplateProblem):
         return f"template problem: {exc}"
+    if isinstance(exc, TransportError):  # a test send that could not reach the server
+        return f"test send failed: {exc}"
     if isinstance(exc, plain):
         text = str(exc.args[0]) if exc.args else str(exc)
         # The store's messages name command-line options; here there are fields instead.

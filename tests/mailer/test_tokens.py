@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import stat
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from campaigns.config import Settings
+from campaigns.config import ConfigError, Settings
 from mailer.tokens import (
     MAX_ID,
     TokenKind,
@@ -265,11 +266,28 @@ def test_key_file_keys_are_comma_separated(tmp_path: Path) -> None:
 
 def test_an_empty_key_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "secret_key").write_text(" ,\n", encoding="utf-8")
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:
         load_or_create_keys(Settings(data_dir=tmp_path, secret_key=""))
     assert str(info.value) == (
         f"the key file {tmp_path / 'secret_key'} is empty; delete it or set CAMPAIGNS_SECRET_KEY"
     )
+
+
+@pytest.mark.parametrize(
+    ("make", "why"),
+    [
+        (lambda p: p.mkdir(), "Is a directory"),
+        (lambda p: p.write_bytes(b"\xff\xfe key"), "not UTF-8 text"),
+    ],
+)
+def test_an_unreadable_key_file_is_one_line_naming_it(
+    tmp_path: Path, make: Callable[[Path], object], why: str
+) -> None:
+    """Issue 15: a key path that is a directory was an internal error."""
+    make(tmp_path / "secret_key")
+    with pytest.raises(ConfigError) as info:
+        load_or_create_keys(Settings(data_dir=tmp_path, secret_key=""))
+    assert str(info.value) == f"the key file {tmp_path / 'secret_key'} cannot be read: {why}"
 
 
 def test_a_new_data_dir_is_private(tmp_path: Path) -> None:

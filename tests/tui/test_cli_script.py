@@ -22,6 +22,7 @@ import email.policy
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -639,3 +640,51 @@ def test_db_upgrade_inbox_and_bad_usage(tmp_path: Path) -> None:
     cli.env["CAMPAIGNS_INBOX_URL"] = f"maildir://{tmp_path / 'inbox'}"
     inbox = cli("inbox", "process")
     assert (inbox.code, inbox.out) == (0, "the return mailbox holds nothing new\n")
+
+
+def test_what_an_operator_may_mistype_is_one_line_and_changes_nothing(cli: Cli) -> None:
+    """Issue 15: each of these was an internal error, or quietly made a new database."""
+    created = cli(
+        "campaign", "create", "--kind", "promotional", "--name", "Spring sale",
+        "--subject", "Spring sale", "--body-file", "body.md",
+    )  # fmt: skip
+    assert created.code == 0, created
+    # A socket bound but not listening: connecting to it is refused, always.
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        cli.env["CAMPAIGNS_SMTP_URL"] = f"smtp://127.0.0.1:{port}"
+        refused = cli("campaign", "send", "Spring sale", "--test-to", "you@example.com")
+    del cli.env["CAMPAIGNS_SMTP_URL"]
+    assert one_line_error(refused, 1) == (
+        "campaigns: error: test send failed: cannot connect to the SMTP server: "
+        "Connection refused\n"
+    )
+    # Year 9999 at -12:00 is year 10000 in UTC.
+    far, bad = cli.many(
+        ("campaign", "schedule", "Spring sale", "--at", "9999-12-31T23:59:59-12:00"),
+        ("campaign", "schedule", "Spring sale", "--at", "next tuesday"),
+    )
+    assert "out of range" in one_line_error(far, 2) and "9999-12-31" in far.err
+    assert "not an ISO 8601 time" in one_line_error(bad, 2)
+    shown = cli("campaign", "show", "Spring sale", "--json")
+    assert shown.json()["status"] == "draft"
+
+    nowhere = cli.home / "nowhere" / "dir"
+    cli.env["CAMPAIGNS_DATABASE_URL"] = f"sqlite:///{nowhere / 'x.db'}"
+    lost = cli("contacts", "count")
+    assert one_line_error(lost, 1) == (
+        f"campaigns: error: the SQLite database's folder does not exist: {nowhere}\n"
+    )
+    assert not (cli.home / "nowhere").exists()
+    del cli.env["CAMPAIGNS_DATABASE_URL"]
+
+    key = cli.home / "secret_key"
+    key.unlink(missing_ok=True)
+    key.mkdir()
+    preview = cli("campaign", "preview", "Spring sale")
+    assert one_line_error(preview, 2) == (
+        f"campaigns: error: the key file {key} cannot be read: Is a directory\n"
+    )
+    count = cli("contacts", "count", "--json")
+    assert count.code == 0 and count.json()["count"] > 0  # nothing stored was lost
